@@ -18,6 +18,7 @@ from srlib.models.registry import (
     build_model,
     check_lr_batch,
     check_scale,
+    model_options,
     register_model,
 )
 from srlib.models.profile import count_flops, count_parameters, model_device, model_summary
@@ -30,6 +31,7 @@ __all__ = [
     "register_model",
     "build_model",
     "available_models",
+    "model_options",
     "check_scale",
     "check_lr_batch",
     "count_parameters",

@@ -35,6 +35,7 @@ __all__ = [
     "register_model",
     "build_model",
     "available_models",
+    "model_options",
     "check_scale",
     "check_lr_batch",
 ]
@@ -127,6 +128,17 @@ def _option_defaults(name: str, builder: ModelBuilder) -> tuple[dict[str, Any], 
         else:
             defaults[param.name] = param.default
     return defaults, takes_any
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The architecture options of a registered model with their default values.
+
+    Raises:
+        ValueError: unknown model name (the message lists the available ones).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return dict(_option_defaults(name, _BUILDERS[name])[0])
 
 
 def build_model(name: str, scale: int, **options: Any) -> nn.Module:

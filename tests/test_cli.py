@@ -1,0 +1,138 @@
+"""The ``srlib`` command: eval reproduces the published bicubic numbers, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from srlib.cli import main
+from srlib.data import DatasetNotFoundError, find_dataset
+
+# Published bicubic baselines (Y channel, shave = scale): e.g. DLSN Table 3, CSNLN Table 2.
+PUBLISHED = {
+    ("Set5", 2): (33.66, 0.9299),
+    ("Set5", 3): (30.39, 0.8682),
+    ("Set5", 4): (28.42, 0.8104),
+    ("B100", 2): (29.56, 0.8431),
+    ("B100", 3): (27.21, None),
+    ("B100", 4): (25.96, None),
+    ("Urban100", 2): (26.88, 0.8403),
+    ("Urban100", 4): (23.14, None),
+}
+
+
+
+def _eval_bicubic(tmp_path, dataset, scale):
+    out = tmp_path / f"{dataset}_x{scale}.json"
+    status = main(["eval", "--model", "bicubic", "--scale", str(scale), "--dataset", dataset,
+                   "--json", str(out), "--no-progress"])
+    assert status == 0
+    return json.loads(out.read_text())[dataset]
+
+
+def _check(scores, dataset, scale):
+    psnr, ssim = PUBLISHED[(dataset, scale)]
+    assert abs(scores["psnr"] - psnr) <= 0.02, scores
+    if ssim is not None:
+        assert abs(scores["ssim"] - ssim) <= 0.001, scores
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_eval_bicubic_reproduces_published_set5(tmp_path, scale):
+    scores = _eval_bicubic(tmp_path, "Set5", scale)
+    assert scores["images"] == 5
+    _check(scores, "Set5", scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,scale", [("B100", 2), ("B100", 3), ("B100", 4), ("Urban100", 2), ("Urban100", 4)])
+def test_eval_bicubic_reproduces_published_b100_urban100(tmp_path, dataset, scale):
+    try:
+        find_dataset(dataset)
+    except DatasetNotFoundError:
+        pytest.skip(f"{dataset} not found; set SRLIB_DATA to a folder holding it")
+    scores = _eval_bicubic(tmp_path, dataset, scale)
+    assert scores["images"] == 100
+    _check(scores, dataset, scale)
+
+
+def test_eval_writes_json_for_several_datasets(tmp_path):
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--model", "bicubic", "--scale", "4", "--dataset", "Set5", "--dataset", "Set14",
+                 "--json", str(out), "--no-progress"]) == 0
+    scores = json.loads(out.read_text())
+    assert set(scores) == {"Set5", "Set14"}
+    assert scores["Set14"]["images"] == 14
+    assert set(scores["Set5"]) == {"psnr", "ssim", "images"}
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SRLIB_DATA", str(tmp_path))
+    status = main(["eval", "--model", "bicubic", "--scale", "2", "--dataset", "Manga109",
+                   "--data-root", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error:") and "Manga109" in err and str(tmp_path) in err
+
+
+def test_train_eval_upscale_round_trip(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--scale", "2", "--out", str(run), "--steps", "4",
+                 "--no-progress"]) == 0
+    for name in ("checkpoint.pt", "metrics.json", "comparison.png"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["datasets"]) == {"Set5", "Set14"}
+
+    out = tmp_path / "set5.json"
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
+                 "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["Set5"]["images"] == 5
+
+    # A checkpoint of another scale: one line, exit status 2.
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "3", "--dataset", "Set5",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "x2" in err and "x3" in err
+
+    # Upscale any image without ground truth.
+    from srlib.data import load_image, save_image
+    import torch
+
+    image = torch.randint(0, 256, (3, 21, 17), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_image(image, tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "--checkpoint", str(run / "checkpoint.pt"),
+                 "-o", str(tmp_path / "out.png")]) == 0
+    assert tuple(load_image(tmp_path / "out.png").shape) == (3, 42, 34)
+    # Refuses to overwrite.
+    assert main(["upscale", str(tmp_path / "in.png"), "--model", "bicubic", "--scale", "2",
+                 "-o", str(tmp_path / "out.png")]) == 2
+
+
+def test_upscale_corrupt_image_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["upscale", str(bad), "--model", "bicubic", "--scale", "2", "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and not (tmp_path / "o.png").exists()
+
+
+def test_module_entry_point_and_data_command():
+    proc = subprocess.run([sys.executable, "-m", "srlib", "data"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Set5" in proc.stdout and "T91" in proc.stdout
+
+
+def test_models_command_reports_parameters_and_flops(capsys):
+    assert main(["models", "--scale", "2", "--option", "n_feats=32", "--option", "n_blocks=4", "--lr-size", "64"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("edsr_baseline"))
+    from srlib.models import build_model, count_flops, count_parameters
+
+    model = build_model("edsr_baseline", 2, n_feats=32, n_blocks=4)
+    assert f"{count_parameters(model):,}" in row
+    assert f"{count_flops(model, lr_size=(64, 64)) / 1e9:.2f}" in row
