@@ -225,3 +225,12 @@ def test_bicubic_set5_x2_matches_the_measured_scores():
     # Our measured values; the papers report 33.66 dB / 0.9299 for Bicubic on Set5 x2.
     assert scores["psnr"] == pytest.approx(33.649, abs=0.005)
     assert scores["ssim"] == pytest.approx(0.9295, abs=0.0005)
+
+
+def test_tiled_and_untiled_set5_scores_agree_within_a_hundredth_of_a_db():
+    torch.manual_seed(0)
+    model = build_model("edsr_baseline", 2, n_feats=16, n_blocks=2)
+    whole = evaluate(model, ["Set5"], 2, progress=False)["Set5"]
+    tiled = evaluate(model, ["Set5"], 2, tile=64, tile_overlap=16, progress=False)["Set5"]
+    assert abs(whole["psnr"] - tiled["psnr"]) < 0.01
+    assert abs(whole["ssim"] - tiled["ssim"]) < 1e-4
