@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from srlib.models import build_model
+from srlib.utils import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -147,17 +147,8 @@ def save_checkpoint(path: PathLike, payload: Mapping[str, Any]) -> Path:
             "and objects to dicts)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
     return path
 
 

@@ -20,8 +20,6 @@ All functions take ``torch.Tensor`` images in the library's layout: RGB
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import build_model, count_parameters
-from .utils import pick_device
+from .utils import atomic_write, pick_device
 
 __all__ = ["TrainConfig", "PRESETS", "preset_config", "train", "TrainingError"]
 
@@ -446,9 +446,8 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
         "train_seconds": round(train_seconds, 1),
         "datasets": datasets,
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    with atomic_write(out / "metrics.json", "w") as handle:
+        handle.write(json.dumps(metrics, indent=2) + "\n")
 
     # A zoomed comparison on the first image of the first final set.
     sample = BenchmarkDataset(config.final_sets[0], config.scale, roots=config.data_roots, max_images=1)[0]

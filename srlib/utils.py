@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
 
 import torch
 
-__all__ = ["pick_device", "quick_mode"]
+__all__ = ["pick_device", "quick_mode", "atomic_write"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one step.
+
+    A crash or an exception inside the ``with`` block leaves ``path`` as it was
+    (the temporary file is removed), so a reader never sees a half-written
+    checkpoint, image or report.  Parent folders are created.
+
+    Args:
+        path: the file to (over)write.
+        mode: ``"wb"`` (bytes) or ``"w"`` (text, UTF-8).
+
+    Yields:
+        The open temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
 
 
 def pick_device(requested: str | None = None) -> torch.device:

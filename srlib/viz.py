@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from srlib.metrics import quantize, rgb_to_y
+from srlib.utils import atomic_write
 
 __all__ = ["pick_crop", "comparison_figure", "save_figure"]
 
@@ -184,14 +184,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
         The path written, as a ``Path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
     return path

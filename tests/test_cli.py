@@ -100,8 +100,9 @@ def test_train_eval_upscale_round_trip(tmp_path, capsys):
     assert err.startswith("error:") and "x2" in err and "x3" in err
 
     # Upscale any image without ground truth.
-    from srlib.data import load_image, save_image
     import torch
+
+    from srlib.data import load_image, save_image
 
     image = torch.randint(0, 256, (3, 21, 17), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     save_image(image, tmp_path / "in.png")

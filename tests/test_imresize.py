@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from srlib.imresize import cubic_kernel, imresize, imresize_reference, output_size_for_scale, resize_weights
+from srlib.imresize import (
+    cubic_kernel,
+    imresize,
+    imresize_reference,
+    output_size_for_scale,
+    resize_weights,
+)
 
 SCALES = [1 / 2, 1 / 3, 1 / 4, 2, 3, 4, 0.7, 1.6]
 

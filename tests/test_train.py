@@ -11,7 +11,6 @@ from srlib.checkpoint import load_checkpoint
 from srlib.train import PRESETS, TrainingError, preset_config, train
 
 
-
 def _config(**overrides):
     base = dict(steps=12, checkpoint_every=6, val_every=0, log_every=1, final_sets=("Set5",))
     base.update(overrides)

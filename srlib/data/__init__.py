@@ -26,8 +26,22 @@ from .degrade import (
     default_cache_dir,
     make_lr_pair,
 )
-from .download import ChecksumError, DownloadError, UnsafeArchiveError, download_dataset, sha256_of_file
-from .io import ImageConversionWarning, ImageReadError, decode_image, load_image, save_image, to_float, to_uint8
+from .download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download_dataset,
+    sha256_of_file,
+)
+from .io import (
+    ImageConversionWarning,
+    ImageReadError,
+    decode_image,
+    load_image,
+    save_image,
+    to_float,
+    to_uint8,
+)
 from .locate import (
     IMAGE_EXTENSIONS,
     DataRoots,

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from srlib.utils import atomic_write
 
 __all__ = [
     "ImageReadError",
@@ -326,18 +327,5 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
             raise TypeError(f"save_image expects uint8 (0..255) or float in [0, 1], got {image.dtype}")
         image = to_uint8(image)
     array = image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(array).save(stream, format="PNG")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as stream:
+        Image.fromarray(array).save(stream, format="PNG")

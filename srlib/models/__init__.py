@@ -13,6 +13,15 @@ A new model module registers itself with ``@register_model("name")`` and is
 imported below so that importing :mod:`srlib.models` makes it available.
 """
 
+# Importing the model modules registers their builders.
+from srlib.models import bicubic as _bicubic  # noqa: F401
+from srlib.models import edsr as _edsr  # noqa: F401
+from srlib.models.profile import (
+    count_flops,
+    count_parameters,
+    model_device,
+    model_summary,
+)
 from srlib.models.registry import (
     available_models,
     build_model,
@@ -21,11 +30,6 @@ from srlib.models.registry import (
     model_options,
     register_model,
 )
-from srlib.models.profile import count_flops, count_parameters, model_device, model_summary
-
-# Importing the model modules registers their builders.
-from srlib.models import bicubic as _bicubic  # noqa: F401
-from srlib.models import edsr as _edsr  # noqa: F401
 
 __all__ = [
     "register_model",
