@@ -78,7 +78,9 @@ def rgb_to_y(image: torch.Tensor, round_to_uint8: bool = True) -> torch.Tensor:
         )
     rgb = quantize(image)
     r, g, b = rgb.unbind(dim=-3)
-    y = _Y_OFFSET + _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b
+    # Same operation order as MATLAB (coefficients divided by 255 first, offset added last), so
+    # that values landing exactly on .5 round the same way.
+    y = _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b + _Y_OFFSET
     if round_to_uint8:
         y = torch.floor(y + 0.5)  # values are positive: MATLAB's round half away from zero
     return y

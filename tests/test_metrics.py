@@ -23,7 +23,8 @@ def _pair(seed=0, shape=(3, 40, 50), noise=12.0):
 def test_y_matches_matlab_formula_and_skimage():
     sr, _ = _pair()
     r, g, b = sr.double()
-    expected = torch.floor(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255 + 0.5)
+    # MATLAB's rgb2ycbcr for uint8: imlincomb(T/255 ..., offset) -> coefficients scaled first, offset last.
+    expected = torch.floor((65.481 / 255) * r + (128.553 / 255) * g + (24.966 / 255) * b + 16 + 0.5)
     torch.testing.assert_close(rgb_to_y(sr), expected, rtol=0, atol=0)
     # skimage's rgb2ycbcr uses the same BT.601 matrix on [0, 1] input (unrounded Y).
     sk = rgb2ycbcr(sr.permute(1, 2, 0).numpy().astype(np.float64) / 255)[..., 0]
