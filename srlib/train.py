@@ -129,11 +129,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         model_options=dict(n_feats=32, n_blocks=4),
         batch_size=16,
-        steps=2000,
+        steps=1600,
         learning_rate=1e-3,
         min_learning_rate=1e-5,
-        val_every=500,
-        checkpoint_every=500,
+        val_every=400,
+        checkpoint_every=400,
     ),
     "full": dict(
         model_options=dict(n_feats=64, n_blocks=16),
@@ -426,6 +426,7 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
     """
     from .data import BenchmarkDataset, to_float
     from .evaluate import evaluate, super_resolve
+    from .metrics import psnr_y
     from .viz import comparison_figure, pick_crop, save_figure
 
     device = next(model.parameters()).device
@@ -456,8 +457,10 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
     for name, net, on in (("bicubic", bicubic, torch.device("cpu")), (config.model, model, device)):
         sr = super_resolve(net, lr.to(on))[0].cpu()
         images[name] = (sr * 255).add(0.5).floor().to(torch.uint8)
-    top, left = pick_crop(sample["hr"], size=min(96, min(sample["hr"].shape[-2:]) // 2))
     size = min(96, min(sample["hr"].shape[-2:]) // 2)
-    fig = comparison_figure(images, crop=(top, left, size), hr_key="HR")
+    top, left = pick_crop(sample["hr"], size=size)
+    scores = {name: f"{psnr_y(img, sample['hr'], config.scale).item():.2f} dB"
+              for name, img in images.items() if name != "HR"}
+    fig = comparison_figure(images, crop=(top, left, size), hr_key="HR", scores=scores)
     save_figure(fig, out / "comparison.png")
     return metrics
