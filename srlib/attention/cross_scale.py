@@ -1,0 +1,806 @@
+"""Cross-scale non-local attention (CS-NL): borrow HR detail from larger copies of a patch.
+
+Source: Y. Mei, Y. Fan, Y. Zhou, L. Huang, T. S. Huang and H. Shi, "Image
+Super-Resolution with Cross-Scale Non-Local Attention and Exhaustive
+Self-Exemplars Mining", CVPR 2020 (paper eq. 3-4, Sec. 4.1, Fig. 2) and its
+supplementary file (eq. 1-3).  Official code:
+github.com/SHI-Labs/Cross-Scale-Non-Local-Attention (class ``CrossScaleAttention``).
+
+The idea.  Natural images repeat themselves across scales: a small patch often
+has a larger, sharper twin elsewhere in the same image.  Downscale the feature
+map ``X`` (``H x W``) by ``s`` to ``Y = X down-s`` (``H/s x W/s``).  A pixel
+``Y[g, h]`` *summarises* the ``s x s`` block ``X^{sxs}[sg, sh]`` of ``X``.  If
+a query ``X[i, j]`` looks like ``Y[g, h]``, then that ``s x s`` block of ``X``
+is a plausible ``s``-times-larger version of the query: paste it at the
+``s x s`` output block ``(si, sj)``.  The output is ``s`` times larger than ``X``.
+
+Three versions, all with the same similarity (below):
+
+* **naive** (supplement eq. 2) - keys *and values* come from ``Y``:
+  ``Z[i,j] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(Y[g,h])``;
+  output ``(N, C, H, W)``.  Summarising downscaled features loses the high
+  frequencies the module is meant to find (supplement Table 1).
+  -> :func:`naive_cross_scale_attention`
+* **pixel-to-patch** (paper eq. 3 = supplement eq. 3) - keys from ``Y``,
+  values are the ``s x s`` HR blocks of ``X``:
+  ``Z^{sxs}[si,sj] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(X^{sxs}[sg,sh])``;
+  output ``(N, C, sH, sW)``, blocks do not overlap.
+  -> :func:`pixel_cross_scale_attention`
+* **patch-based** (paper eq. 4) - ``p x p`` query patches are matched with
+  ``p x p`` key patches of ``Y``; the weights paste ``(sp) x (sp)`` value
+  patches of ``X``, which now overlap and are averaged:
+  ``Z^{sp x sp}[si,sj] = sum_{g,h} softmax_{g,h}(phi(X^{pxp}[i,j], Y^{pxp}[g,h])) psi(X^{sp x sp}[sg,sh])``.
+  ``p = 1`` is eq. 3.  -> :func:`cross_scale_attention`, :class:`CrossScaleAttention`
+
+Conventions (those of the official code):
+
+* ``Y`` is the **bilinear** downscale, ``F.interpolate(..., mode="bilinear",
+  align_corners=False)`` without antialiasing.  That samples ``X`` at
+  ``(s*g + (s-1)/2, s*h + (s-1)/2)``: at ``s = 2`` it is the mean of each
+  ``2 x 2`` block, at ``s = 3`` it simply *picks the centre pixel* of each
+  ``3 x 3`` block, at ``s = 4`` it averages the central ``2 x 2`` of each
+  ``4 x 4`` block.  See :func:`bilinear_downscale`.
+* Similarity ``phi(q, k) = softmax_scale * <q, k> / max(||k||, 1e-4)``: key
+  patches are L2-normalised over all their ``C' p^2`` entries (the norm is
+  clamped at ``1e-4`` so that all-zero patches do not divide by zero), queries
+  are **not** normalised, the softmax temperature ``softmax_scale`` is 10.
+  Patches are centred on their position; outside the map they are zero
+  ('same' zero padding: ``(p-1)/2`` LR pixels for queries and keys,
+  ``s (p-1)/2`` HR pixels for values).
+* A ``(sp) x (sp)`` patch "at ``(sg, sh)``" is centred on the ``s x s`` block
+  whose top-left pixel is ``(sg, sh)``: rows ``sg - s(p-1)/2 ... sg + s(p+1)/2 - 1``.
+  For ``p = 1`` it is that block itself, so eq. 4 reduces to eq. 3.
+
+Where the official code and the paper differ, and what this module does:
+
+* **Overlap averaging.**  The paper says only that output regions "are now
+  densely overlapped".  The code sums the overlapping ``(3s) x (3s)`` patches
+  with ``conv_transpose2d(stride=s, padding=s)`` and divides by a constant 6;
+  the true number of patches covering an output pixel is 9 inside the map,
+  6 along the borders and 4 in the corners (the authors call the 6 arbitrary).
+  ``normalization="overlap"`` (default here) divides every pixel by its true
+  count (:func:`overlap_count`), so the output is a mean of convex combinations
+  of value patches.  ``normalization="constant6"`` divides by 6 as the released
+  code does (interior values come out 1.5 times too large, corners 2/3); it is
+  there so that a notebook can compare both.  With ``p = 1`` the count is 1.
+* **Batching.**  The official code loops over the images of a batch; here the
+  whole batch is one grouped ``conv2d`` / ``conv_transpose2d``.
+* **Sizes not divisible by s.**  The official code crashes.  Here the maps are
+  padded at the bottom and right to the next multiple of ``s`` (``pad_mode``
+  ``"replicate"``, the default, or ``"reflect"``), attended, and the output is
+  cropped back to ``(sH, sW)``.  Padded pixels can be matched and pasted like
+  any others; the returned attention keeps all ``ceil(H/s) ceil(W/s)`` keys.
+* **Maps smaller than the patch.**  Handled by the zero 'same' padding, exactly
+  as for border patches: a ``1 x 1`` map works and gives an ``s x s`` output.
+  Only an empty map (``H`` or ``W`` = 0) is an error.
+
+Memory.  The score tensor has one entry per (key, query) pair:
+``(N, (H/s)(W/s), H, W)``, i.e. it grows with the fourth power of the image
+side (a 256 x 256 feature map at x2 has 16384 x 65536 scores: 4 GiB in
+float32, 8 GiB with the softmax weights).  Every attention function here
+estimates that first (:func:`cross_scale_attention_bytes`) and raises :class:`AttentionMemoryError` (shared with
+:mod:`srlib.attention.non_local`) before allocating anything when it exceeds
+``max_attention_bytes`` - by default ``MEMORY_FRACTION`` (half) of the memory
+free on the input's device (``/proc/meminfo`` MemAvailable, or
+``torch.cuda.mem_get_info``); ``math.inf`` turns the guard off.
+The cure is tiled inference, e.g. ``srlib eval --tile 256``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srlib.attention.non_local import (
+    MEMORY_FRACTION,
+    AttentionMemoryError,
+    attention_matrix_bytes,
+    available_memory_bytes,
+)
+
+__all__ = [
+    "AttentionMemoryError",
+    "NORMALIZATIONS",
+    "PAD_MODES",
+    "pad_to_multiple",
+    "bilinear_downscale",
+    "overlap_count",
+    "cross_scale_attention_bytes",
+    "naive_cross_scale_attention",
+    "pixel_cross_scale_attention",
+    "cross_scale_attention",
+    "CrossScaleAttention",
+]
+
+# How overlapping (sp) x (sp) output patches are averaged (see the module docstring).
+NORMALIZATIONS = ("overlap", "constant6")
+# How a map is padded at the bottom/right to a multiple of the scale.
+PAD_MODES = ("replicate", "reflect")
+# Lower bound of a key patch's L2 norm before dividing by it (official code: ``escape_NaN``).
+KEY_NORM_EPS = 1e-4
+# The official code divides the overlapped sum by this constant.
+OFFICIAL_OVERLAP_DIVISOR = 6.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks and small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if not _is_integer(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_patch_size(patch_size) -> int:
+    if not _is_integer(patch_size) or patch_size < 1 or patch_size % 2 == 0:
+        raise ValueError(
+            f"patch_size must be a positive odd integer (1, 3, 5, ...) so that a patch is centred "
+            f"on its pixel, got {patch_size!r}"
+        )
+    return int(patch_size)
+
+
+def _check_softmax_scale(softmax_scale) -> float:
+    if (
+        isinstance(softmax_scale, bool)
+        or not isinstance(softmax_scale, numbers.Real)
+        or not (math.isfinite(softmax_scale) and softmax_scale > 0)
+    ):
+        raise ValueError(f"softmax_scale must be a positive finite number (10 in CSNLN), got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def _check_map(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a feature map shaped (N, C, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}; every dimension must be at least 1")
+
+
+def _check_triplet(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        _check_map(name, x)
+    if not (query.shape[0] == key.shape[0] == value.shape[0]):
+        raise ValueError(
+            f"query, key and value must have the same batch size, got {query.shape[0]}, "
+            f"{key.shape[0]} and {value.shape[0]}"
+        )
+    if query.shape[1] != key.shape[1]:
+        raise ValueError(
+            f"query and key must have the same number of channels (they are compared by dot "
+            f"products), got {query.shape[1]} and {key.shape[1]}"
+        )
+    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
+        raise ValueError(
+            f"query, key and value must share dtype and device, got {query.dtype}/{query.device}, "
+            f"{key.dtype}/{key.device} and {value.dtype}/{value.device}"
+        )
+
+
+def _check_lr_key_size(key: torch.Tensor, height: int, width: int, scale: int) -> None:
+    expected = (math.ceil(height / scale), math.ceil(width / scale))
+    if tuple(key.shape[-2:]) != expected:
+        raise ValueError(
+            f"key must be the x{scale} downscaled map of the {height}x{width} query, i.e. "
+            f"{expected[0]}x{expected[1]} = (ceil(H/s), ceil(W/s)), got "
+            f"{key.shape[-2]}x{key.shape[-1]}; compute it with bilinear_downscale(x, {scale})"
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, scale: int, mode: str = "replicate") -> torch.Tensor:
+    """Pad a feature map at the bottom and right so that H and W become multiples of ``scale``.
+
+    Args:
+        x: ``(N, C, H, W)`` floating-point map, any value range.
+        scale: the multiple ``s`` (>= 1).
+        mode: ``"replicate"`` (repeat the last row/column; works for any size)
+            or ``"reflect"`` (mirror without repeating the edge; needs the
+            padding to be smaller than the map, i.e. ``H, W > s - 1`` suffices).
+
+    Returns:
+        ``(N, C, s*ceil(H/s), s*ceil(W/s))``; ``x`` itself when nothing is padded.
+
+    Raises:
+        ValueError: ``x`` is not a non-empty ``(N, C, H, W)`` float map, a bad
+            ``scale`` or ``mode``, or ``"reflect"`` on a map too small to mirror.
+    """
+    _check_map("x", x)
+    scale = _check_positive_int("scale", scale)
+    _check_choice("pad_mode", mode, PAD_MODES)
+    height, width = x.shape[-2:]
+    pad_bottom = -height % scale
+    pad_right = -width % scale
+    if pad_bottom == 0 and pad_right == 0:
+        return x
+    if mode == "reflect" and (pad_bottom >= height or pad_right >= width):
+        raise ValueError(
+            f"cannot reflect-pad a {height}x{width} map by ({pad_bottom}, {pad_right}) pixels to a "
+            f"multiple of {scale}: reflection needs the padding to be smaller than the map; use "
+            f"pad_mode='replicate'"
+        )
+    return F.pad(x, (0, pad_right, 0, pad_bottom), mode=mode)  # (N, C, Hp, Wp)
+
+
+def bilinear_downscale(x: torch.Tensor, scale: int, pad_mode: str = "replicate") -> torch.Tensor:
+    """``Y = X down-s``: the bilinear downscale that CSNLN uses for its keys.
+
+    The map is first padded to a multiple of ``scale`` (:func:`pad_to_multiple`),
+    then resized with ``F.interpolate(mode="bilinear", align_corners=False)``
+    (no antialiasing), as in the official code.  Output pixel ``(g, h)`` samples
+    the input at ``(s*g + (s-1)/2, s*h + (s-1)/2)``: the mean of each ``2 x 2``
+    block at ``s = 2``, the centre pixel of each ``3 x 3`` block at ``s = 3``.
+
+    Args:
+        x: ``(N, C, H, W)`` floating-point map, any value range.
+        scale: the downscaling factor ``s`` (>= 1).
+        pad_mode: ``"replicate"`` or ``"reflect"``, used when ``H`` or ``W`` is
+            not a multiple of ``s``.
+
+    Returns:
+        ``(N, C, ceil(H/s), ceil(W/s))``, same dtype and device.
+
+    Raises:
+        ValueError: see :func:`pad_to_multiple`.
+
+    Source: paper Sec. 3 ("Downsampling operation in this paper is bilinear
+    interpolation") and Sec. 4.1.
+    """
+    padded = pad_to_multiple(x, scale, pad_mode)  # (N, C, Hp, Wp)
+    if scale == 1:
+        return padded
+    size = (padded.shape[-2] // scale, padded.shape[-1] // scale)
+    return F.interpolate(padded, size=size, mode="bilinear", align_corners=False)  # (N, C, Hp/s, Wp/s)
+
+
+def overlap_count(
+    height: int,
+    width: int,
+    scale: int,
+    patch_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """How many ``(sp) x (sp)`` output patches cover each output pixel (eq. 4 aggregation).
+
+    The query at LR position ``(i, j)`` writes a ``(sp) x (sp)`` patch centred
+    on the output block ``(si, sj)``.  Folding all-ones patches (``F.fold``,
+    stride ``s``, padding ``s(p-1)/2``) counts, for every output pixel, the
+    patches that cover it.  For ``p = 3`` the count is 9 inside, 6 along the
+    borders and 4 in the corners (per axis: 2 in the first and last ``s`` rows,
+    3 elsewhere); for ``p = 1`` it is 1 everywhere.  When a map is padded to a
+    multiple of ``s`` before attending, the count of the *padded* grid applies
+    (the padded queries paste patches too), cropped with the output.
+
+    Args:
+        height, width: size of the query map (LR grid), a multiple of ``scale``
+            or not - the count does not care.
+        scale: ``s`` (>= 1).
+        patch_size: ``p``, odd.
+        dtype, device: of the returned tensor.
+
+    Returns:
+        ``(s*height, s*width)`` tensor of positive integers stored as ``dtype``.
+
+    Raises:
+        ValueError: non-positive sizes, bad ``scale`` or ``patch_size``.
+    """
+    height = _check_positive_int("height", height)
+    width = _check_positive_int("width", width)
+    scale = _check_positive_int("scale", scale)
+    patch_size = _check_patch_size(patch_size)
+    kernel = scale * patch_size
+    padding = scale * (patch_size - 1) // 2
+    ones = torch.ones(1, kernel * kernel, height * width, dtype=dtype, device=device)  # (1, (sp)^2, H*W)
+    count = F.fold(
+        ones, output_size=(scale * height, scale * width), kernel_size=kernel, stride=scale, padding=padding
+    )  # (1, 1, sH, sW)
+    return count[0, 0]  # (sH, sW)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory guard (same accounting and default limit as srlib.attention.non_local)
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_scale_attention_bytes(
+    batch: int, height: int, width: int, scale: int, dtype: torch.dtype = torch.float32
+) -> int:
+    """Peak bytes of the cross-scale attention: scores and softmax weights, ``(N, h*w, Hp, Wp)`` each.
+
+    ``h, w = ceil(H/s), ceil(W/s)`` keys and ``Hp, Wp = s*h, s*w`` (the padded
+    query map).  These two tensors dominate memory and grow with ``(HW)^2``; the
+    accounting is that of :func:`srlib.attention.non_local.attention_matrix_bytes`
+    (training roughly doubles it again for the gradients).
+
+    Args:
+        batch: ``N``.
+        height, width: the query (LR feature) map size ``H, W``.
+        scale: ``s``.
+        dtype: element type of the scores (that of the query).
+
+    Returns:
+        ``2 * N * h*w * Hp*Wp * itemsize`` bytes (``int``).
+
+    Raises:
+        ValueError: non-positive sizes or scale.
+    """
+    batch = _check_positive_int("batch", batch)
+    height = _check_positive_int("height", height)
+    width = _check_positive_int("width", width)
+    scale = _check_positive_int("scale", scale)
+    keys = math.ceil(height / scale) * math.ceil(width / scale)
+    queries = keys * scale * scale
+    return attention_matrix_bytes(batch, queries, keys, dtype)
+
+
+def _format_bytes(count: float) -> str:
+    """``1610612736`` -> ``'1.50 GiB'`` (binary units)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _check_max_bytes(max_attention_bytes) -> None:
+    if max_attention_bytes is None:
+        return
+    if isinstance(max_attention_bytes, bool) or not (
+        isinstance(max_attention_bytes, numbers.Real) and max_attention_bytes > 0
+    ):
+        raise ValueError(
+            f"max_attention_bytes must be a positive number (math.inf turns the guard off) or None "
+            f"(a fraction of the free memory), got {max_attention_bytes!r}"
+        )
+
+
+def _guard_memory(
+    what: str,
+    query: torch.Tensor,
+    num_keys: int,
+    padded_size: tuple[int, int],
+    max_attention_bytes: float | None,
+    scale: int | None = None,
+) -> None:
+    """Raise :class:`AttentionMemoryError` before allocating scores that would not fit.
+
+    The scores and weights are ``(N, num_keys, Hp, Wp)``; the limit is
+    ``max_attention_bytes`` or, when None, ``MEMORY_FRACTION`` of
+    :func:`~srlib.attention.non_local.available_memory_bytes` on the query's
+    device (no check when that is unknown, e.g. on MPS).  With ``scale`` given
+    (cross-scale keys, ``num_keys = Hp Wp / s^2``) the message also says which
+    square tile would fit for one image.
+    """
+    _check_max_bytes(max_attention_bytes)
+    n, _, height, width = query.shape
+    padded_h, padded_w = padded_size
+    needed = attention_matrix_bytes(n, padded_h * padded_w, num_keys, query.dtype)
+    if max_attention_bytes is None:
+        available = available_memory_bytes(query.device)
+        if available is None:
+            return
+        limit: float = MEMORY_FRACTION * available
+        limit_source = f"{MEMORY_FRACTION:.0%} of the {_format_bytes(available)} available on {query.device}"
+    else:
+        limit = float(max_attention_bytes)
+        limit_source = "max_attention_bytes"
+    if needed <= limit:
+        return
+    shape = (n, num_keys, padded_h, padded_w)
+    dtype_name = str(query.dtype).replace("torch.", "")
+    fitting_tile = ""
+    if scale is not None:
+        # One T x T map holds 2 (T/s)^2 T^2 scores and weights: solve for T, round down to a multiple of s.
+        side = (limit * scale * scale / (2 * query.element_size())) ** 0.25
+        side = int(side) // scale * scale
+        if side >= scale:
+            fitting_tile = f"; at this limit one map of up to {side}x{side} pixels fits"
+    raise AttentionMemoryError(
+        f"{what} on {n} feature map(s) of {height}x{width} pixels needs {_format_bytes(needed)} "
+        f"({needed} bytes) for its {shape} {dtype_name} scores and softmax weights, more than the "
+        f"limit of {_format_bytes(limit)} ({limit_source}). The scores grow with the fourth power "
+        f"of the image side: use tiled inference (e.g. `srlib eval --tile 256`, smaller if needed"
+        f"{fitting_tile}), a smaller input or batch, or raise the limit with max_attention_bytes.",
+        needed_bytes=needed,
+        limit_bytes=limit,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Functional cores (already-embedded maps)
+# ----------------------------------------------------------------------------------------------
+
+
+def _normalized_key_patches(key: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``p x p`` patches of ``key`` ('same' zero padding), each L2-normalised.
+
+    ``(N, C', h, w)`` -> ``(N, C' p^2, h*w)``; column ``g*w + h`` is the patch
+    centred on ``(g, h)`` divided by ``max(||patch||, 1e-4)``.
+    """
+    patches = F.unfold(key, patch_size, padding=(patch_size - 1) // 2)  # (N, C'p^2, h*w)
+    norms = patches.norm(dim=1, keepdim=True).clamp_min(KEY_NORM_EPS)  # (N, 1, h*w)
+    return patches / norms  # (N, C'p^2, h*w)
+
+
+def naive_cross_scale_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    softmax_scale: float = 10.0,
+    return_attention: bool = False,
+    *,
+    max_attention_bytes: float | None = None,
+):
+    """Naive cross-scale attention, supplement eq. 2: keys *and values* from the downscaled map.
+
+    ``Z[i,j] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(Y[g,h])`` with
+    ``phi(q, k) = softmax_scale * <q, k> / max(||k||, 1e-4)`` (the similarity
+    of the proposed versions, so that they can be compared).  The output has
+    the resolution of the queries: the values were downscaled, so no HR detail
+    can come back.
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)`` float, any range.
+        key: ``delta(Y)``, ``(N, C', h, w)`` - normally ``Y`` = :func:`bilinear_downscale` of ``X``;
+            any ``h, w`` works.
+        value: ``psi(Y)``, ``(N, C, h, w)``, same ``h, w`` as ``key``.
+        softmax_scale: temperature multiplying the similarities (10 in CSNLN).
+        return_attention: also return the attention weights.
+        max_attention_bytes: limit in bytes for the ``(N, h*w, H, W)`` scores plus weights;
+            ``None`` = half of the free memory; ``math.inf`` = no check.
+
+    Returns:
+        ``Z`` ``(N, C, H, W)``; with ``return_attention`` also the weights
+        ``(N, h*w, H, W)`` (key index ``g*w + h`` first; they sum to 1 over dim 1).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices; bad ``softmax_scale``.
+        AttentionMemoryError: the scores would exceed the memory limit.
+
+    Source: Mei et al., CVPR 2020, supplementary eq. 2.
+    """
+    _check_triplet(query, key, value)
+    softmax_scale = _check_softmax_scale(softmax_scale)
+    if tuple(value.shape[-2:]) != tuple(key.shape[-2:]):
+        raise ValueError(
+            f"naive attention takes keys and values from the same downscaled map, so they need the "
+            f"same size; got key {tuple(key.shape[-2:])} and value {tuple(value.shape[-2:])}"
+        )
+    n, _, height, width = query.shape
+    c_v = value.shape[1]
+    h, w = key.shape[-2:]
+    _guard_memory("naive cross-scale attention", query, h * w, (height, width), max_attention_bytes)
+    queries = query.flatten(2).transpose(1, 2)  # (N, H*W, C')
+    keys = _normalized_key_patches(key, 1)  # (N, C', h*w)
+    scores = softmax_scale * torch.bmm(queries, keys)  # (N, H*W, h*w), eq. 2 phi(X_ij, Y_gh)
+    attention = scores.softmax(dim=-1)  # (N, H*W, h*w), normalised over the keys (g, h)
+    values = value.flatten(2).transpose(1, 2)  # (N, h*w, C), psi(Y_gh)
+    out = torch.bmm(attention, values)  # (N, H*W, C)
+    out = out.transpose(1, 2).reshape(n, c_v, height, width)  # (N, C, H, W)
+    if return_attention:
+        return out, attention.transpose(1, 2).reshape(n, h * w, height, width)  # (N, h*w, H, W)
+    return out
+
+
+def pixel_cross_scale_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: int,
+    softmax_scale: float = 10.0,
+    return_attention: bool = False,
+    *,
+    pad_mode: str = "replicate",
+    max_attention_bytes: float | None = None,
+):
+    """Pixel-to-patch cross-scale attention, paper eq. 3: one LR similarity weights one ``s x s`` HR block.
+
+    ``Z^{sxs}[si,sj] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(X^{sxs}[sg,sh])``.
+    Written with matrix products: the ``s x s`` blocks of ``psi(X)`` are the
+    channels of ``pixel_unshuffle(psi(X), s)`` (one block per LR position
+    ``(g, h)``), and ``pixel_shuffle`` puts the weighted blocks back in place.
+    The output blocks do not overlap.  Equals :func:`cross_scale_attention`
+    with ``patch_size=1`` (a different implementation, tested against it).
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)`` float, any range, any ``H, W``.
+        key: ``delta(Y)``, ``(N, C', ceil(H/s), ceil(W/s))`` - compute ``Y`` with
+            :func:`bilinear_downscale` (same ``pad_mode``).
+        value: ``psi(X)``, ``(N, C, H, W)``.
+        scale: ``s`` (>= 1), the output is ``s`` times larger.
+        softmax_scale: temperature (10 in CSNLN).
+        return_attention: also return the attention weights.
+        pad_mode: ``"replicate"`` or ``"reflect"``; query and value are padded at
+            the bottom/right to a multiple of ``s`` and the output is cropped back.
+        max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
+            half of the free memory; ``math.inf`` = no check.
+
+    Returns:
+        ``Z`` ``(N, C, s*H, s*W)``; with ``return_attention`` also the weights
+        ``(N, ceil(H/s) ceil(W/s), H, W)`` (they sum to 1 over dim 1).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices; bad ``scale``,
+            ``softmax_scale`` or ``pad_mode``.
+        AttentionMemoryError: the scores would exceed the memory limit.
+
+    Source: Mei et al., CVPR 2020, eq. 3 (= supplementary eq. 3).
+    """
+    _check_triplet(query, key, value)
+    scale = _check_positive_int("scale", scale)
+    softmax_scale = _check_softmax_scale(softmax_scale)
+    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    n, _, height, width = query.shape
+    if tuple(value.shape[-2:]) != (height, width):
+        raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
+    _check_lr_key_size(key, height, width, scale)
+    c_v = value.shape[1]
+    h, w = key.shape[-2:]
+    _guard_memory(
+        f"pixel-to-patch cross-scale attention (scale {scale})", query, h * w, (scale * h, scale * w),
+        max_attention_bytes, scale,
+    )
+    query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
+    value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
+    padded_h, padded_w = query.shape[-2:]
+
+    queries = query.flatten(2).transpose(1, 2)  # (N, Hp*Wp, C'), X_ij
+    keys = _normalized_key_patches(key, 1)  # (N, C', h*w), Y_gh / ||Y_gh||
+    scores = softmax_scale * torch.bmm(queries, keys)  # (N, Hp*Wp, h*w), phi(X_ij, Y_gh)
+    attention = scores.softmax(dim=-1)  # (N, Hp*Wp, h*w), normalised over (g, h)
+    blocks = F.pixel_unshuffle(value, scale)  # (N, C*s*s, h, w): channel c*s*s + a*s + b = psi(X)[c, sg+a, sh+b]
+    blocks = blocks.flatten(2).transpose(1, 2)  # (N, h*w, C*s*s), X^{sxs}_{sg,sh}
+    out = torch.bmm(attention, blocks)  # (N, Hp*Wp, C*s*s), Z^{sxs}_{si,sj}
+    out = out.transpose(1, 2).reshape(n, c_v * scale * scale, padded_h, padded_w)  # (N, C*s*s, Hp, Wp)
+    out = F.pixel_shuffle(out, scale)  # (N, C, s*Hp, s*Wp), block (i, j) -> rows si..si+s-1
+    out = out[..., : scale * height, : scale * width]  # (N, C, sH, sW)
+    if return_attention:
+        attention = attention.transpose(1, 2).reshape(n, h * w, padded_h, padded_w)  # (N, h*w, Hp, Wp)
+        return out, attention[..., :height, :width]  # (N, h*w, H, W)
+    return out
+
+
+def cross_scale_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: int,
+    patch_size: int = 3,
+    softmax_scale: float = 10.0,
+    normalization: str = "overlap",
+    return_attention: bool = False,
+    *,
+    pad_mode: str = "replicate",
+    max_attention_bytes: float | None = None,
+):
+    """Patch-based cross-scale attention, paper eq. 4 (CSNLN's CS-NL module without its embeddings).
+
+    ``Z^{sp x sp}[si,sj] = sum_{g,h} softmax_{g,h}(phi(X^{pxp}[i,j], Y^{pxp}[g,h])) psi(X^{sp x sp}[sg,sh])``,
+    then every output pixel is divided by the number of patches that overlap
+    on it (``normalization="overlap"``) or by 6 (``"constant6"``, the official
+    code).  ``patch_size=1`` is eq. 3 (:func:`pixel_cross_scale_attention`).
+
+    Steps (as in the official code, but the whole batch at once via ``groups=N``):
+
+    1. key patches: the ``p x p`` patches of ``Y`` ('same' zero padding),
+       each L2-normalised (norm clamped at 1e-4) -> ``N * h*w`` conv kernels;
+    2. scores: ``conv2d`` of the zero-padded query map with those kernels, i.e.
+       the dot product of every query patch ``X^{pxp}[i,j]`` with every key
+       patch -> ``(N, h*w, Hp, Wp)``; times ``softmax_scale``; softmax over keys;
+    3. values: the ``(sp) x (sp)`` patches of ``psi(X)`` at stride ``s``
+       (zero padding ``s(p-1)/2``), one per key position ``(g, h)``;
+    4. aggregation: ``conv_transpose2d(weights, value patches, stride=s,
+       padding=s(p-1)/2)`` pastes, for every query ``(i, j)``, the weighted sum
+       of value patches centred on output block ``(si, sj)`` and adds overlaps;
+    5. divide by :func:`overlap_count` (or 6), crop the padding away.
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)`` float, any range, any ``H, W >= 1``.
+        key: ``delta(Y)``, ``(N, C', ceil(H/s), ceil(W/s))`` - compute ``Y`` with
+            :func:`bilinear_downscale` (same ``pad_mode``).
+        value: ``psi(X)``, ``(N, C, H, W)``.
+        scale: ``s`` (>= 1); the output is ``s`` times larger.
+        patch_size: ``p``, odd (1, 3 - CSNLN's choice - 5, ...).  Maps smaller than
+            ``p`` are fine: patches are zero outside the map.
+        softmax_scale: temperature (10 in CSNLN).
+        normalization: ``"overlap"`` (divide by the true count, default) or
+            ``"constant6"`` (divide by 6 as the released code; meant for ``p = 3``).
+        return_attention: also return the attention weights.
+        pad_mode: ``"replicate"`` or ``"reflect"``; query and value are padded at
+            the bottom/right to a multiple of ``s``, the output is cropped back.
+        max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
+            half of the free memory; ``math.inf`` = no check.
+
+    Returns:
+        ``Z`` ``(N, C, s*H, s*W)``; with ``return_attention`` also the weights
+        ``(N, ceil(H/s) ceil(W/s), H, W)`` (key index ``g*w + h``; they sum to 1 over dim 1).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices; bad ``scale``, ``patch_size``,
+            ``softmax_scale``, ``normalization`` or ``pad_mode``.
+        AttentionMemoryError: the scores would exceed the memory limit (raised
+            before anything large is allocated).
+
+    Source: Mei et al., CVPR 2020, eq. 4 and Sec. 4.1; aggregation and key
+    normalisation as in the official ``CrossScaleAttention``.
+    """
+    _check_triplet(query, key, value)
+    scale = _check_positive_int("scale", scale)
+    patch_size = _check_patch_size(patch_size)
+    softmax_scale = _check_softmax_scale(softmax_scale)
+    _check_choice("normalization", normalization, NORMALIZATIONS)
+    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    n, c_qk, height, width = query.shape
+    if tuple(value.shape[-2:]) != (height, width):
+        raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
+    _check_lr_key_size(key, height, width, scale)
+    c_v = value.shape[1]
+    h, w = key.shape[-2:]
+    _guard_memory(
+        f"cross-scale attention (scale {scale}, patch {patch_size})", query, h * w, (scale * h, scale * w),
+        max_attention_bytes, scale,
+    )
+    query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
+    value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
+    padded_h, padded_w = query.shape[-2:]
+    radius = (patch_size - 1) // 2  # LR 'same' padding of p x p patches
+    value_kernel = scale * patch_size  # sp
+    value_padding = scale * radius  # HR 'same' padding of (sp) x (sp) patches at stride s
+
+    # 1. Key patches Y^{pxp}_{gh} / ||.||, as N*h*w conv kernels.
+    keys = _normalized_key_patches(key, patch_size)  # (N, C'p^2, h*w)
+    keys = keys.transpose(1, 2).reshape(n * h * w, c_qk, patch_size, patch_size)  # (N*h*w, C', p, p)
+    # 2. Scores: every query patch against every key patch of the same image (groups = images).
+    scores = F.conv2d(
+        query.reshape(1, n * c_qk, padded_h, padded_w), keys, padding=radius, groups=n
+    )  # (1, N*h*w, Hp, Wp)
+    scores = softmax_scale * scores.reshape(n, h * w, padded_h, padded_w)  # (N, h*w, Hp, Wp), phi
+    attention = scores.softmax(dim=1)  # (N, h*w, Hp, Wp), normalised over the keys (g, h)
+    # 3. Value patches X^{sp x sp}_{sg,sh}, one per key position, as conv_transpose kernels.
+    values = F.unfold(value, value_kernel, stride=scale, padding=value_padding)  # (N, C(sp)^2, h*w)
+    values = values.transpose(1, 2).reshape(n * h * w, c_v, value_kernel, value_kernel)  # (N*h*w, C, sp, sp)
+    # 4. Paste the weighted value patches around output block (si, sj) and add the overlaps.
+    out = F.conv_transpose2d(
+        attention.reshape(1, n * h * w, padded_h, padded_w), values,
+        stride=scale, padding=value_padding, groups=n,
+    )  # (1, N*C, s*Hp, s*Wp)
+    out = out.reshape(n, c_v, scale * padded_h, scale * padded_w)  # (N, C, s*Hp, s*Wp)
+    # 5. Average the overlaps, crop the padding.
+    if normalization == "overlap":
+        count = overlap_count(padded_h, padded_w, scale, patch_size, dtype=out.dtype, device=out.device)
+        out = out / count  # (N, C, s*Hp, s*Wp)
+    else:
+        out = out / OFFICIAL_OVERLAP_DIVISOR  # (N, C, s*Hp, s*Wp)
+    out = out[..., : scale * height, : scale * width]  # (N, C, sH, sW)
+    if return_attention:
+        return out, attention[..., :height, :width]  # (N, h*w, H, W)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Module with learned embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def _embedding(in_channels: int, out_channels: int, activation: str) -> nn.Sequential:
+    """1x1 convolution (with bias), followed by a PReLU or nothing."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1)]
+    if activation == "prelu":
+        layers.append(nn.PReLU())
+    return nn.Sequential(*layers)
+
+
+class CrossScaleAttention(nn.Module):
+    """CSNLN's cross-scale non-local attention module: ``(N, C, H, W)`` -> ``(N, C, sH, sW)``.
+
+    Data flow (``C' = C // reduction``, ``h, w = ceil(H/s), ceil(W/s)``)::
+
+        x ──> query_embed (1x1 conv C->C' + PReLU) ─────────────────> theta(X)  (N, C', H, W)
+        x ──> bilinear_downscale(s) ──> key_embed (C->C' + PReLU) ──> delta(Y)  (N, C', h, w)
+        x ──> value_embed (1x1 conv C->C + PReLU) ──────────────────> psi(X)    (N, C, H, W)
+        cross_scale_attention(theta(X), delta(Y), psi(X), s, p) ────> Z         (N, C, sH, sW)
+
+    As in the official code, the keys embed the *downscaled* input (downscale,
+    then embed).  The output is the attention result only - CSNLN combines it
+    with the other branches in its fusion block.
+
+    Args:
+        channels: ``C``, feature channels in and out (128 in CSNLN).
+        scale: ``s`` (>= 1), the output is ``s`` times larger.
+        patch_size: ``p`` of eq. 4, odd (3 in CSNLN; 1 gives eq. 3).
+        reduction: ``C' = C // reduction`` channels for queries and keys (2 in CSNLN).
+        softmax_scale: softmax temperature (10 in CSNLN).
+        normalization: ``"overlap"`` (true overlap count, default) or
+            ``"constant6"`` (the official division by 6).
+        embed_activation: ``"prelu"`` (CSNLN) or ``"none"`` after each 1x1 conv.
+        pad_mode: ``"replicate"`` or ``"reflect"`` padding to a multiple of ``s``
+            when ``H`` or ``W`` is not one; the output is cropped back.
+        max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
+            half of the free memory at every call (see the module docstring).
+
+    Forward:
+        ``x`` float ``(N, C, H, W)`` (any range, any ``H, W >= 1``) ->
+        ``(N, C, s*H, s*W)``; ``forward(x, return_attention=True)`` also returns
+        the weights ``(N, ceil(H/s) ceil(W/s), H, W)``.
+
+    Raises:
+        ValueError: bad options (construction), or ``x`` not ``(N, C, H, W)``
+            with ``C = channels`` (forward).
+        AttentionMemoryError: the scores would exceed the memory limit.
+
+    Source: Mei et al., CVPR 2020, Fig. 2, eq. 4 and Sec. 4.1.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        scale: int = 2,
+        patch_size: int = 3,
+        reduction: int = 2,
+        softmax_scale: float = 10.0,
+        normalization: str = "overlap",
+        embed_activation: str = "prelu",
+        pad_mode: str = "replicate",
+        max_attention_bytes: float | None = None,
+    ):
+        super().__init__()
+        channels = _check_positive_int("channels", channels)
+        reduction = _check_positive_int("reduction", reduction)
+        if channels // reduction < 1:
+            raise ValueError(f"channels // reduction must be >= 1, got {channels} // {reduction}")
+        self.channels = channels
+        self.scale = _check_positive_int("scale", scale)
+        self.patch_size = _check_patch_size(patch_size)
+        self.reduction = reduction
+        self.softmax_scale = _check_softmax_scale(softmax_scale)
+        self.normalization = _check_choice("normalization", normalization, NORMALIZATIONS)
+        self.embed_activation = _check_choice("embed_activation", embed_activation, ("prelu", "none"))
+        self.pad_mode = _check_choice("pad_mode", pad_mode, PAD_MODES)
+        _check_max_bytes(max_attention_bytes)
+        self.max_attention_bytes = max_attention_bytes
+        embed_channels = channels // reduction
+        self.query_embed = _embedding(channels, embed_channels, embed_activation)  # theta
+        self.key_embed = _embedding(channels, embed_channels, embed_activation)  # delta
+        self.value_embed = _embedding(channels, channels, embed_activation)  # psi
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        _check_map("x", x)
+        if x.shape[1] != self.channels:
+            raise ValueError(
+                f"CrossScaleAttention was built for {self.channels} channels, got input {tuple(x.shape)}"
+            )
+        query = self.query_embed(x)  # (N, C', H, W), theta(X)
+        key = self.key_embed(bilinear_downscale(x, self.scale, self.pad_mode))  # (N, C', h, w), delta(Y)
+        value = self.value_embed(x)  # (N, C, H, W), psi(X)
+        # The embeddings act pixel by pixel, so embedding then padding (inside the core) equals
+        # padding then embedding.
+        return cross_scale_attention(
+            query, key, value, self.scale, self.patch_size, self.softmax_scale, self.normalization,
+            return_attention, pad_mode=self.pad_mode, max_attention_bytes=self.max_attention_bytes,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, scale={self.scale}, patch_size={self.patch_size}, "
+            f"reduction={self.reduction}, softmax_scale={self.softmax_scale}, "
+            f"normalization={self.normalization!r}, pad_mode={self.pad_mode!r}"
+        )

@@ -1,0 +1,532 @@
+"""Cross-scale attention (CSNLN): every version against a loop reference written from its equation.
+
+The references below work on one position at a time, in float64, with plain
+Python loops: they are slow and only meant for maps of a few pixels, but each
+line reads like the equation it implements (paper eq. 3-4, supplement eq. 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srlib.attention.cross_scale import (
+    AttentionMemoryError,
+    CrossScaleAttention,
+    bilinear_downscale,
+    cross_scale_attention,
+    cross_scale_attention_bytes,
+    naive_cross_scale_attention,
+    overlap_count,
+    pad_to_multiple,
+    pixel_cross_scale_attention,
+)
+
+DTYPE = torch.float64
+SOFTMAX_SCALE = 10.0
+KEY_NORM_EPS = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The maps here are a few pixels: threads only add overhead, and on a busy shared CPU they can
+    # make the gradient checks tens of times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop references
+# ----------------------------------------------------------------------------------------------
+
+
+def window(t: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    """The ``size x size`` window of ``t`` (C, H, W) whose top-left pixel is (top, left); zero outside."""
+    c, height, width = t.shape
+    out = t.new_zeros(c, size, size)
+    for a in range(size):
+        for b in range(size):
+            y, x = top + a, left + b
+            if 0 <= y < height and 0 <= x < width:
+                out[:, a, b] = t[:, y, x]
+    return out
+
+
+def phi(query_patch: torch.Tensor, key_patch: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """Similarity: temperature * <q, k / max(||k||, 1e-4)> (queries not normalised)."""
+    return softmax_scale * (query_patch * key_patch).sum() / max(key_patch.norm().item(), KEY_NORM_EPS)
+
+
+def softmax_weights(logits: dict) -> dict:
+    """exp(l) / sum exp(l), literally."""
+    denominator = sum(torch.exp(v) for v in logits.values())
+    return {k: torch.exp(v) / denominator for k, v in logits.items()}
+
+
+def reference_eq2(query, key, value, softmax_scale=SOFTMAX_SCALE):
+    """Supplement eq. 2: Z_ij = sum_gh softmax(phi(X_ij, Y_gh)) psi(Y_gh); returns Z and the weights."""
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    out = torch.zeros(n_images, value.shape[1], height, width, dtype=DTYPE)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                logits = {(g, hh): phi(query[n, :, i, j], key[n, :, g, hh], softmax_scale)
+                          for g in range(h) for hh in range(w)}
+                weights = softmax_weights(logits)
+                for (g, hh), a in weights.items():
+                    out[n, :, i, j] += a * value[n, :, g, hh]
+                    attention[n, g * w + hh, i, j] = a
+    return out, attention
+
+
+def reference_eq3(query, key, value, s, softmax_scale=SOFTMAX_SCALE):
+    """Eq. 3: Z^{sxs}_{si,sj} = sum_gh softmax(phi(X_ij, Y_gh)) psi(X^{sxs}_{sg,sh}); H, W multiples of s."""
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                logits = {(g, hh): phi(query[n, :, i, j], key[n, :, g, hh], softmax_scale)
+                          for g in range(h) for hh in range(w)}
+                weights = softmax_weights(logits)
+                for (g, hh), a in weights.items():
+                    block = value[n, :, s * g : s * g + s, s * hh : s * hh + s]  # X^{sxs}_{sg,sh}
+                    out[n, :, s * i : s * i + s, s * j : s * j + s] += a * block  # Z^{sxs}_{si,sj}
+                    attention[n, g * w + hh, i, j] = a
+    return out, attention
+
+
+def reference_eq4(query, key, value, s, p, softmax_scale=SOFTMAX_SCALE):
+    """Eq. 4 with centred, zero-padded patches; returns the overlapped SUM, the count and the weights.
+
+    Z^{sp x sp}_{si,sj} = sum_gh softmax(phi(X^{pxp}_{ij}, Y^{pxp}_{gh})) psi(X^{sp x sp}_{sg,sh});
+    every output patch is added where it lands and ``count`` says how many landed on each pixel.
+    """
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    r = (p - 1) // 2
+    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)
+    count = torch.zeros(s * height, s * width, dtype=DTYPE)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
+    for n in range(n_images):
+        key_patches = {(g, hh): window(key[n], g - r, hh - r, p) for g in range(h) for hh in range(w)}
+        value_patches = {(g, hh): window(value[n], s * g - s * r, s * hh - s * r, s * p)
+                         for g in range(h) for hh in range(w)}
+        for i in range(height):
+            for j in range(width):
+                query_patch = window(query[n], i - r, j - r, p)
+                logits = {gh: phi(query_patch, kp, softmax_scale) for gh, kp in key_patches.items()}
+                weights = softmax_weights(logits)
+                z = sum(weights[gh] * value_patches[gh] for gh in weights)  # (C, sp, sp)
+                for (g, hh), a in weights.items():
+                    attention[n, g * w + hh, i, j] = a
+                for a in range(s * p):
+                    for b in range(s * p):
+                        y, x = s * i - s * r + a, s * j - s * r + b
+                        if 0 <= y < s * height and 0 <= x < s * width:
+                            out[n, :, y, x] += z[:, a, b]
+                            if n == 0:
+                                count[y, x] += 1
+    return out, count, attention
+
+
+def replicate_pad(t: torch.Tensor, s: int) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom/right to multiples of s by repeating the last row/column."""
+    height, width = t.shape[-2:]
+    hp, wp = math.ceil(height / s) * s, math.ceil(width / s) * s
+    rows = [min(y, height - 1) for y in range(hp)]
+    cols = [min(x, width - 1) for x in range(wp)]
+    return t[:, :, rows][:, :, :, cols]
+
+
+def random_maps(n, c_qk, c_v, height, width, s, seed=0):
+    """Query (N, Cq, H, W), key (N, Cq, ceil(H/s), ceil(W/s)), value (N, Cv, H, W), float64."""
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(n, c_qk, height, width, generator=g, dtype=DTYPE)
+    key = torch.randn(n, c_qk, math.ceil(height / s), math.ceil(width / s), generator=g, dtype=DTYPE)
+    value = torch.randn(n, c_v, height, width, generator=g, dtype=DTYPE)
+    return query, key, value
+
+
+# (N, C_qk, C_v, H, W, s): the divisible configurations of the brief
+DIVISIBLE = [(2, 3, 2, 4, 6, 2), (2, 3, 2, 6, 6, 3)]
+ODD = [(2, 3, 2, 5, 7, 2), (1, 2, 3, 7, 5, 3)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Each version against its equation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_naive_matches_eq2_loops():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 6, generator=g, dtype=DTYPE)
+    y = bilinear_downscale(x, 2)  # (2, 3, 2, 3)
+    value = torch.randn(2, 2, 2, 3, generator=g, dtype=DTYPE)  # psi(Y), other channel count
+    out, attention = naive_cross_scale_attention(x, y, value, return_attention=True)
+    expected, expected_attention = reference_eq2(x, y, value)
+    assert out.shape == (2, 2, 4, 6)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", DIVISIBLE)
+def test_pixel_version_matches_eq3_loops(n, c_qk, c_v, height, width, s):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=2)
+    out, attention = pixel_cross_scale_attention(query, key, value, s, return_attention=True)
+    expected, expected_attention = reference_eq3(query, key, value, s)
+    assert out.shape == (n, c_v, s * height, s * width)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 3, 5])
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", DIVISIBLE)
+def test_patch_version_matches_eq4_loops(n, c_qk, c_v, height, width, s, p):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=3 + p)
+    summed, count, expected_attention = reference_eq4(query, key, value, s, p)
+    out, attention = cross_scale_attention(query, key, value, s, p, return_attention=True)
+    assert out.shape == (n, c_v, s * height, s * width)
+    torch.testing.assert_close(out, summed / count, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(overlap_count(height, width, s, p, dtype=DTYPE), count, rtol=0, atol=0)
+    out6 = cross_scale_attention(query, key, value, s, p, normalization="constant6")
+    torch.testing.assert_close(out6, summed / 6.0, rtol=1e-10, atol=1e-12)
+
+
+def test_eq4_with_p1_is_eq3():
+    query, key, value = random_maps(2, 3, 2, 4, 6, 2, seed=4)
+    summed, count, _ = reference_eq4(query, key, value, 2, 1)
+    expected, _ = reference_eq3(query, key, value, 2)
+    assert torch.all(count == 1)
+    torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", DIVISIBLE + ODD)
+def test_patch_size_one_equals_pixel_version(n, c_qk, c_v, height, width, s):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=5)
+    out_patch, att_patch = cross_scale_attention(query, key, value, s, patch_size=1, return_attention=True)
+    out_pixel, att_pixel = pixel_cross_scale_attention(query, key, value, s, return_attention=True)
+    torch.testing.assert_close(out_patch, out_pixel, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(att_patch, att_pixel, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Overlap normalisation versus the official constant 6
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_constant6_differs_from_overlap_by_count_over_6(s):
+    height, width = 4, 5
+    query, key, value = random_maps(2, 3, 2, height, width, s, seed=6)
+    overlap = cross_scale_attention(query, key, value, s, 3, normalization="overlap")
+    constant6 = cross_scale_attention(query, key, value, s, 3, normalization="constant6")
+    # Per axis, p = 3: 2 patches cover the first and last s rows, 3 cover the others.
+    def per_axis(length):
+        c = torch.full((s * length,), 3.0, dtype=DTYPE)
+        c[:s] = 2
+        c[-s:] = 2
+        return c
+
+    torch.testing.assert_close(
+        overlap_count(height, width, s, 3, dtype=DTYPE), torch.outer(per_axis(height), per_axis(width)), rtol=0, atol=0
+    )  # 9 inside, 6 on the edges, 4 in the corners
+    # 4x5 is not a multiple of s: the queries of the padded map (a multiple of s) also paste
+    # patches, so the count that applies is that of the padded grid, cropped.
+    padded_h, padded_w = math.ceil(height / s) * s, math.ceil(width / s) * s
+    count = torch.outer(per_axis(padded_h), per_axis(padded_w))[: s * height, : s * width]
+    torch.testing.assert_close(constant6, overlap * count / 6.0, rtol=1e-12, atol=1e-12)
+    interior = (slice(None), slice(None), slice(s, -s), slice(s, -s))
+    torch.testing.assert_close(constant6[interior], 1.5 * overlap[interior], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(constant6, overlap)
+
+
+def test_overlap_normalised_output_is_convex_combination_of_values():
+    # With a constant value map the overlap average returns the constant wherever no zero padding
+    # enters a value patch; the division by 6 does not.
+    query, key, _ = random_maps(1, 2, 1, 6, 6, 2, seed=7)
+    value = torch.full((1, 1, 6, 6), 0.7, dtype=DTYPE)
+    out = cross_scale_attention(query, key, value, 2, 1)
+    torch.testing.assert_close(out, torch.full_like(out, 0.7), rtol=1e-12, atol=1e-12)
+    out6 = cross_scale_attention(query, key, value, 2, 1, normalization="constant6")
+    torch.testing.assert_close(out6, torch.full_like(out, 0.7 / 6), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes that are not multiples of the scale, tiny maps, batches
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 3, 5])
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", ODD)
+def test_odd_sizes_match_reference_on_padded_map(n, c_qk, c_v, height, width, s, p):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=8)
+    out, attention = cross_scale_attention(query, key, value, s, p, return_attention=True)
+    assert out.shape == (n, c_v, s * height, s * width)
+    assert attention.shape == (n, math.ceil(height / s) * math.ceil(width / s), height, width)
+    summed, count, expected_attention = reference_eq4(replicate_pad(query, s), key, replicate_pad(value, s), s, p)
+    expected = (summed / count)[..., : s * height, : s * width]
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention[..., :height, :width], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", ODD)
+def test_odd_sizes_pixel_version_matches_eq3_on_padded_map(n, c_qk, c_v, height, width, s):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=9)
+    out = pixel_cross_scale_attention(query, key, value, s)
+    expected, _ = reference_eq3(replicate_pad(query, s), key, replicate_pad(value, s), s)
+    torch.testing.assert_close(out, expected[..., : s * height, : s * width], rtol=1e-10, atol=1e-12)
+
+
+def test_reflect_padding_matches_reference_on_reflect_padded_map():
+    query, key, value = random_maps(1, 2, 2, 5, 7, 2, seed=10)
+    out = cross_scale_attention(query, key, value, 2, 3, pad_mode="reflect")
+    padded_q = F.pad(query, (0, 1, 0, 1), mode="reflect")  # row 5 := row 3, column 7 := column 5
+    padded_v = F.pad(value, (0, 1, 0, 1), mode="reflect")
+    torch.testing.assert_close(padded_q[:, :, 5, :7], query[:, :, 3, :])
+    summed, count, _ = reference_eq4(padded_q, key, padded_v, 2, 3)
+    torch.testing.assert_close(out, (summed / count)[..., :10, :14], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("height, width, s, p", [(1, 1, 2, 3), (2, 1, 3, 5), (1, 3, 2, 5)])
+def test_maps_smaller_than_the_patch_are_zero_padded(height, width, s, p):
+    query, key, value = random_maps(2, 2, 2, height, width, s, seed=11)
+    out = cross_scale_attention(query, key, value, s, p)
+    assert out.shape == (2, 2, s * height, s * width)
+    summed, count, _ = reference_eq4(replicate_pad(query, s), key, replicate_pad(value, s), s, p)
+    torch.testing.assert_close(out, (summed / count)[..., : s * height, : s * width], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("function", ["patch", "pixel", "naive"])
+def test_batch_equals_images_one_by_one(function):
+    query, key, value = random_maps(4, 3, 2, 5, 6, 2, seed=12)
+    run = {
+        "patch": lambda q, k, v: cross_scale_attention(q, k, v, 2, 3),
+        "pixel": lambda q, k, v: pixel_cross_scale_attention(q, k, v, 2),
+        "naive": lambda q, k, v: naive_cross_scale_attention(q, k, v[..., :3, :3]),
+    }[function]
+    batched = run(query, key, value)
+    one_by_one = torch.cat([run(query[i : i + 1], key[i : i + 1], value[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height, width, p", [(4, 4, 3), (3, 5, 3), (4, 2, 1)])
+def test_gradcheck_patch_version(height, width, p):
+    query, key, value = random_maps(2, 2, 1, height, width, 2, seed=13)
+    inputs = tuple(t.mul(0.3).requires_grad_() for t in (query, key, value))
+    assert torch.autograd.gradcheck(lambda q, k, v: cross_scale_attention(q, k, v, 2, p), inputs)
+
+
+def test_gradcheck_pixel_and_naive_versions():
+    query, key, value = random_maps(1, 2, 2, 3, 4, 2, seed=14)
+    inputs = tuple(t.mul(0.3).requires_grad_() for t in (query, key, value))
+    assert torch.autograd.gradcheck(lambda q, k, v: pixel_cross_scale_attention(q, k, v, 2), inputs)
+    small_value = value[..., :2, :2].mul(0.3).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: naive_cross_scale_attention(q, k, v), (inputs[0], inputs[1], small_value)
+    )
+
+
+def test_gradcheck_module():
+    torch.manual_seed(0)
+    module = CrossScaleAttention(4, scale=2, patch_size=3).double()
+    x = torch.randn(2, 4, 3, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(15)).requires_grad_()
+    assert torch.autograd.gradcheck(module, (x,))
+
+
+# ----------------------------------------------------------------------------------------------
+# The module
+# ----------------------------------------------------------------------------------------------
+
+
+def official_style_pipeline(module: CrossScaleAttention, x: torch.Tensor) -> torch.Tensor:
+    """The released algorithm as described in the notes: one image at a time, conv / conv_transpose, / 6.
+
+    Only valid when H and W are multiples of the scale (the released code's restriction).
+    """
+    s = module.scale
+    outputs = []
+    for image in x.split(1):
+        query = module.query_embed(image)  # (1, C', H, W)
+        key = module.key_embed(F.interpolate(image, scale_factor=1 / s, mode="bilinear", align_corners=False))
+        value = module.value_embed(image)  # (1, C, H, W)
+        kernels = F.unfold(key, 3, padding=1)[0].t()  # (h*w, C'*9)
+        kernels = kernels / kernels.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        kernels = kernels.reshape(-1, key.shape[1], 3, 3)  # (h*w, C', 3, 3)
+        scores = F.conv2d(F.pad(query, (1, 1, 1, 1)), kernels)  # (1, h*w, H, W)
+        weights = F.softmax(scores * module.softmax_scale, dim=1)
+        patches = F.unfold(value, 3 * s, stride=s, padding=s)[0].t()  # (h*w, C*9s^2)
+        patches = patches.reshape(-1, value.shape[1], 3 * s, 3 * s)
+        outputs.append(F.conv_transpose2d(weights, patches, stride=s, padding=s) / 6.0)
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_module_constant6_matches_official_style_pipeline(s):
+    torch.manual_seed(1)
+    module = CrossScaleAttention(4, scale=s, patch_size=3, normalization="constant6").double()
+    x = torch.randn(3, 4, 2 * s, 3 * s, dtype=DTYPE, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), official_style_pipeline(module, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, height, width, s", [(1, 5, 7, 2), (3, 7, 5, 3), (2, 8, 8, 4)])
+def test_module_any_size_and_batch(n, height, width, s):
+    torch.manual_seed(2)
+    module = CrossScaleAttention(8, scale=s)
+    x = torch.rand(n, 8, height, width, generator=torch.Generator().manual_seed(17))
+    with torch.no_grad():
+        out, attention = module(x, return_attention=True)
+        assert out.shape == (n, 8, s * height, s * width)
+        assert out.dtype == torch.float32
+        assert attention.shape == (n, math.ceil(height / s) * math.ceil(width / s), height, width)
+        torch.testing.assert_close(attention.sum(dim=1), torch.ones(n, height, width))
+        one_by_one = torch.cat([module(x[i : i + 1]) for i in range(n)])
+        torch.testing.assert_close(out, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_module_structure_and_options():
+    module = CrossScaleAttention(16, scale=3, reduction=4, embed_activation="none")
+    assert module.query_embed[0].out_channels == 4
+    assert module.key_embed[0].out_channels == 4
+    assert module.value_embed[0].out_channels == 16
+    assert len(module.query_embed) == 1  # no activation
+    prelu = CrossScaleAttention(16)
+    assert isinstance(prelu.value_embed[1], torch.nn.PReLU)
+    assert "patch_size=3" in repr(prelu)
+    with pytest.raises(ValueError, match="channels"):
+        prelu(torch.rand(1, 8, 4, 4))
+    for bad in [{"patch_size": 2}, {"scale": 0}, {"reduction": 32}, {"normalization": "mean"},
+                {"embed_activation": "gelu"}, {"pad_mode": "zeros"}, {"softmax_scale": 0.0},
+                {"max_attention_bytes": -1}]:
+        with pytest.raises(ValueError):
+            CrossScaleAttention(16, **bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Downscaling and padding helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bilinear_downscale_is_block_mean_at_x2_and_centre_pick_at_x3():
+    x = torch.randn(2, 3, 6, 12, generator=torch.Generator().manual_seed(18), dtype=DTYPE)
+    torch.testing.assert_close(bilinear_downscale(x, 2), F.avg_pool2d(x, 2))
+    torch.testing.assert_close(bilinear_downscale(x, 3), x[..., 1::3, 1::3])
+    odd = x[..., :5, :7]
+    assert bilinear_downscale(odd, 2).shape == (2, 3, 3, 4)
+    torch.testing.assert_close(bilinear_downscale(odd, 2), F.avg_pool2d(replicate_pad(odd, 2), 2))
+
+
+def test_pad_to_multiple():
+    x = torch.arange(15.0).view(1, 1, 3, 5)
+    even = x[..., :2, :4]
+    assert pad_to_multiple(even, 2) is even and pad_to_multiple(x, 1) is x  # nothing to pad
+    reflected = pad_to_multiple(x, 2, mode="reflect")  # row 3 := row 1, column 5 := column 3
+    torch.testing.assert_close(reflected[0, 0, 3, :5], x[0, 0, 1])
+    torch.testing.assert_close(reflected[0, 0, :3, 5], x[0, 0, :, 3])
+    padded = pad_to_multiple(x, 2)
+    assert padded.shape == (1, 1, 4, 6)
+    torch.testing.assert_close(padded, replicate_pad(x, 2))
+    with pytest.raises(ValueError, match="replicate"):
+        pad_to_multiple(torch.zeros(1, 1, 1, 4), 3, mode="reflect")
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory guard
+# ----------------------------------------------------------------------------------------------
+
+
+def test_attention_bytes_counts_scores_and_weights():
+    # 5x7 at s=2: 3*4 = 12 keys, 6*8 = 48 padded queries; scores and weights, float64.
+    assert cross_scale_attention_bytes(2, 5, 7, 2, torch.float64) == 2 * 2 * 12 * 48 * 8
+    query, key, value = random_maps(2, 2, 2, 6, 8, 2, seed=19)
+    _, attention = cross_scale_attention(query, key, value, 2, return_attention=True)
+    assert cross_scale_attention_bytes(2, 6, 8, 2, DTYPE) == 2 * attention.numel() * attention.element_size()
+
+
+def test_memory_guard_raises_before_computing():
+    query, key, value = random_maps(2, 2, 2, 5, 7, 2, seed=20)
+    needed = cross_scale_attention_bytes(2, 5, 7, 2, DTYPE)
+    cross_scale_attention(query, key, value, 2, max_attention_bytes=needed)  # exactly at the limit: fine
+    with pytest.raises(AttentionMemoryError) as info:
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1)
+    message = str(info.value)
+    assert isinstance(info.value, MemoryError)
+    assert "5x7" in message and str(needed) in message and "--tile 256" in message
+    assert info.value.needed_bytes == needed and info.value.limit_bytes == needed - 1
+    for run in (
+        lambda: pixel_cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1),
+        lambda: naive_cross_scale_attention(query, key, key, max_attention_bytes=100),
+        lambda: CrossScaleAttention(2, max_attention_bytes=1000)(torch.rand(1, 2, 8, 8)),
+    ):
+        with pytest.raises(AttentionMemoryError, match="tile"):
+            run()
+
+
+def test_default_memory_limit_refuses_a_huge_map_without_allocating():
+    # A 4000x4000 map at x2 would need 4e6 keys x 1.6e7 queries: about 0.5 PB of scores. The
+    # inputs are broadcast views (no memory), so only the guard can stop this quickly.
+    query = torch.zeros(1, 1, 1, 1).expand(1, 2, 4000, 4000)
+    key = torch.zeros(1, 1, 1, 1).expand(1, 2, 2000, 2000)
+    with pytest.raises(AttentionMemoryError, match="4000x4000"):
+        cross_scale_attention(query, key, query, 2)
+
+
+def test_default_memory_limit_follows_available_memory(monkeypatch):
+    from srlib.attention import cross_scale
+
+    query, key, value = random_maps(1, 2, 2, 4, 4, 2, seed=21)
+    needed = cross_scale_attention_bytes(1, 4, 4, 2, DTYPE)
+    monkeypatch.setattr(cross_scale, "available_memory_bytes", lambda device: needed)  # limit = needed / 2
+    with pytest.raises(AttentionMemoryError, match="available"):
+        cross_scale_attention(query, key, value, 2)
+    monkeypatch.setattr(cross_scale, "available_memory_bytes", lambda device: None)  # unknown: no guard
+    assert cross_scale_attention(query, key, value, 2).shape == (1, 2, 8, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_one_clear_error():
+    query, key, value = random_maps(2, 3, 2, 4, 6, 2, seed=22)
+    with pytest.raises(ValueError, match="odd"):
+        cross_scale_attention(query, key, value, 2, patch_size=2)
+    with pytest.raises(ValueError, match="normalization"):
+        cross_scale_attention(query, key, value, 2, normalization="count")
+    with pytest.raises(ValueError, match="pad_mode"):
+        cross_scale_attention(query, key, value, 2, pad_mode="circular")
+    with pytest.raises(ValueError, match="bilinear_downscale"):
+        cross_scale_attention(query, query, value, 2)  # full-resolution keys
+    with pytest.raises(ValueError, match="channels"):
+        cross_scale_attention(query, key[:, :2], value, 2)
+    with pytest.raises(ValueError, match="batch"):
+        cross_scale_attention(query, key[:1], value, 2)
+    with pytest.raises(ValueError, match="dtype"):
+        cross_scale_attention(query, key.float(), value, 2)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        cross_scale_attention(query[0], key, value, 2)
+    with pytest.raises(ValueError, match="empty"):
+        cross_scale_attention(query[..., :0, :], key, value, 2)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        pixel_cross_scale_attention(query, key, value, 2, softmax_scale=float("nan"))
+    with pytest.raises(ValueError, match="same size"):
+        naive_cross_scale_attention(query, key, value)
+    with pytest.raises(ValueError, match="max_attention_bytes"):
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=0)
