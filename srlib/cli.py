@@ -213,7 +213,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models import available_models, build_model, model_options, model_summary
+    from .models import (
+        available_models,
+        build_model,
+        count_parameters,
+        model_options,
+        model_summary,
+    )
 
     options = dict(_parse_option(o) for o in args.option)
     sizes = tuple((px, px) for px in (args.lr_size or [64, 128, 256]))
@@ -226,10 +232,17 @@ def _cmd_models(args) -> int:
                 model = build_model(name, scale, **own)
             except ValueError:
                 continue  # scale not supported by this model
-            rows = model_summary(model, lr_sizes=sizes)
-            flops = "  ".join(f"{r['gflops']:>{len(f'GFLOPs@{h}x{w}')}.2f}" for r, (h, w) in zip(rows, sizes))
-            print(f"{name:<15} {scale:>5} {rows[0]['params']:>10,}  {flops}")
-    print("FLOPs of one forward pass, counted by torch.utils.flop_counter (2 per multiply-add).")
+            cells = []
+            for h, w in sizes:
+                width = len(f"GFLOPs@{h}x{w}")
+                try:
+                    gflops = model_summary(model, lr_sizes=((h, w),))[0]["gflops"]
+                    cells.append(f"{gflops:>{width}.2f}")
+                except MemoryError:  # an attention model refusing a map too large for this machine
+                    cells.append(f"{'n/a':>{width}}")
+            print(f"{name:<15} {scale:>5} {count_parameters(model):>10,}  {'  '.join(cells)}")
+    print("FLOPs of one forward pass, counted by torch.utils.flop_counter (2 per multiply-add); "
+          "n/a: the attention's memory guard refused a map that large on this machine.")
     return 0
 
 

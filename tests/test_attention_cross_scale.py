@@ -467,7 +467,7 @@ def test_memory_guard_raises_before_computing():
         cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1)
     message = str(info.value)
     assert isinstance(info.value, MemoryError)
-    assert "5x7" in message and str(needed) in message and "--tile 256" in message
+    assert "5x7" in message and str(needed) in message and "srlib eval --tile" in message and "fits" in message
     assert info.value.needed_bytes == needed and info.value.limit_bytes == needed - 1
     for run in (
         lambda: pixel_cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1),

@@ -337,7 +337,7 @@ def test_memory_guard_raises_before_allocating_with_a_helpful_message():
     assert error.limit_bytes == 10_000
     message = str(error)
     expected_parts = ("12x16", str(needed), "9.77 KiB", "max_attention_bytes", "fused", "RegionNonLocalAttention")
-    for part in (*expected_parts, "srlib eval --tile 256"):
+    for part in (*expected_parts, "srlib eval --tile", "5x5 positions fits"):
         assert part in message, (part, message)
     # the ways out work under the same limit
     module.implementation = "fused"

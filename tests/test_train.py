@@ -110,3 +110,17 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.optim.Adam, "step", original_step)
     result = train(_config(steps=12, checkpoint_every=0), tmp_path, resume=True, progress=False, write_report=False)
     assert result["step"] == 12
+
+
+def test_each_model_gets_its_own_preset_settings_and_tiled_validation(tmp_path):
+    from srlib.train import MODEL_PRESETS
+
+    config = preset_config("smoke", model="csnln", steps=2, val_every=0, checkpoint_every=0, val_max_images=1)
+    assert config.model_options == MODEL_PRESETS["smoke"]["csnln"]["model_options"]
+    assert config.val_tile == MODEL_PRESETS["smoke"]["csnln"]["val_tile"]
+    # A full-size Set5 image would exceed the attention memory guard untiled; tiles keep it small.
+    result = train(config, tmp_path, progress=False, write_report=False)
+    assert result["step"] == 2
+    assert 0 < result["history"]["val_psnr"][-1] < 100
+    # An explicit model_options override still wins over the preset.
+    assert preset_config("smoke", model="csnln", model_options={"n_feats": 4}).model_options == {"n_feats": 4}

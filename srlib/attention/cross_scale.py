@@ -418,7 +418,7 @@ def _guard_memory(
         f"{what} on {n} feature map(s) of {height}x{width} pixels needs {_format_bytes(needed)} "
         f"({needed} bytes) for its {shape} {dtype_name} scores and softmax weights, more than the "
         f"limit of {_format_bytes(limit)} ({limit_source}). The scores grow with the fourth power "
-        f"of the image side: use tiled inference (e.g. `srlib eval --tile 256`, smaller if needed"
+        f"of the image side: use tiled inference (`srlib eval --tile T` with a small enough T"
         f"{fitting_tile}), a smaller input or batch, or raise the limit with max_attention_bytes.",
         needed_bytes=needed,
         limit_bytes=limit,

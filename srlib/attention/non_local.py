@@ -221,13 +221,18 @@ def check_attention_memory(
     else:
         where = f"{batch} sequence(s) of {query_length} queries and {key_length} keys"
     dtype_name = str(dtype).replace("torch.", "")
+    # A square T x T map holds 2 * T^4 scores and weights per image: solve for T.
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    side = int((limit / (2 * itemsize * max(batch, 1))) ** 0.25)
+    tile_hint = f"`srlib eval --tile {side}` or smaller" if side >= 8 else "`srlib eval --tile` with small tiles"
     raise AttentionMemoryError(
         f"explicit non-local attention on {where} needs {_format_bytes(needed)} ({needed} bytes) "
         f"for its ({batch}, {query_length}, {key_length}) {dtype_name} scores and softmax weights, "
         f"more than the limit of {_format_bytes(limit)} ({limit_source}). "
         "Use implementation='fused' (no attention matrix is stored), region-based attention "
         "(RegionNonLocalAttention, attention inside each cell of a grid), or tiled inference "
-        "(`srlib eval --tile 256`); or raise the limit with max_attention_bytes.",
+        f"({tile_hint}: at this limit a map of up to {side}x{side} positions fits); "
+        "or raise the limit with max_attention_bytes.",
         needed_bytes=needed,
         limit_bytes=limit,
     )

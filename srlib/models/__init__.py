@@ -7,7 +7,8 @@
 Registered here:
 
 * ``bicubic`` (:mod:`srlib.models.bicubic`) - MATLAB bicubic, no parameters, any scale >= 2;
-* ``edsr_baseline`` (:mod:`srlib.models.edsr`) - EDSR-baseline (Lim et al. 2017), x2/x3/x4.
+* ``edsr_baseline`` (:mod:`srlib.models.edsr`) - EDSR-baseline (Lim et al. 2017), x2/x3/x4;
+* ``csnln`` (:mod:`srlib.models.csnln`) - CSNLN, cross-scale non-local attention (Mei et al. 2020), x2/x3/x4.
 
 A new model module registers itself with ``@register_model("name")`` and is
 imported below so that importing :mod:`srlib.models` makes it available.
@@ -15,6 +16,7 @@ imported below so that importing :mod:`srlib.models` makes it available.
 
 # Importing the model modules registers their builders.
 from srlib.models import bicubic as _bicubic  # noqa: F401
+from srlib.models import csnln as _csnln  # noqa: F401
 from srlib.models import edsr as _edsr  # noqa: F401
 from srlib.models.profile import (
     count_flops,
