@@ -196,6 +196,27 @@ def _check_triplet(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
         )
 
 
+def _check_cross_scale_inputs(
+    what: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale, softmax_scale,
+    pad_mode: str, max_attention_bytes: float | None,
+) -> tuple[int, float]:
+    """Checks shared by eq. 3 and eq. 4: shapes, ``scale``, ``softmax_scale``, ``pad_mode``, memory.
+
+    Returns the validated ``(scale, softmax_scale)``; raises as the public functions document.
+    """
+    _check_triplet(query, key, value)
+    scale = _check_positive_int("scale", scale)
+    softmax_scale = _check_softmax_scale(softmax_scale)
+    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    height, width = query.shape[-2:]
+    if tuple(value.shape[-2:]) != (height, width):
+        raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
+    _check_lr_key_size(key, height, width, scale)
+    h, w = key.shape[-2:]
+    _guard_memory(f"{what} (scale {scale})", query, h * w, (scale * h, scale * w), max_attention_bytes, scale)
+    return scale, softmax_scale
+
+
 def _check_lr_key_size(key: torch.Tensor, height: int, width: int, scale: int) -> None:
     expected = (math.ceil(height / scale), math.ceil(width / scale))
     if tuple(key.shape[-2:]) != expected:
@@ -545,20 +566,13 @@ def pixel_cross_scale_attention(
 
     Source: Mei et al., CVPR 2020, eq. 3 (= supplementary eq. 3).
     """
-    _check_triplet(query, key, value)
-    scale = _check_positive_int("scale", scale)
-    softmax_scale = _check_softmax_scale(softmax_scale)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    scale, softmax_scale = _check_cross_scale_inputs(
+        "pixel-to-patch cross-scale attention", query, key, value, scale, softmax_scale, pad_mode,
+        max_attention_bytes,
+    )
     n, _, height, width = query.shape
-    if tuple(value.shape[-2:]) != (height, width):
-        raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
-    _check_lr_key_size(key, height, width, scale)
     c_v = value.shape[1]
     h, w = key.shape[-2:]
-    _guard_memory(
-        f"pixel-to-patch cross-scale attention (scale {scale})", query, h * w, (scale * h, scale * w),
-        max_attention_bytes, scale,
-    )
     query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
     value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
     padded_h, padded_w = query.shape[-2:]
@@ -643,22 +657,15 @@ def cross_scale_attention(
     Source: Mei et al., CVPR 2020, eq. 4 and Sec. 4.1; aggregation and key
     normalisation as in the official ``CrossScaleAttention``.
     """
-    _check_triplet(query, key, value)
-    scale = _check_positive_int("scale", scale)
     patch_size = _check_patch_size(patch_size)
-    softmax_scale = _check_softmax_scale(softmax_scale)
     _check_choice("normalization", normalization, NORMALIZATIONS)
-    _check_choice("pad_mode", pad_mode, PAD_MODES)
+    scale, softmax_scale = _check_cross_scale_inputs(
+        f"cross-scale attention (patch {patch_size})", query, key, value, scale, softmax_scale, pad_mode,
+        max_attention_bytes,
+    )
     n, c_qk, height, width = query.shape
-    if tuple(value.shape[-2:]) != (height, width):
-        raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
-    _check_lr_key_size(key, height, width, scale)
     c_v = value.shape[1]
     h, w = key.shape[-2:]
-    _guard_memory(
-        f"cross-scale attention (scale {scale}, patch {patch_size})", query, h * w, (scale * h, scale * w),
-        max_attention_bytes, scale,
-    )
     query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
     value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
     padded_h, padded_w = query.shape[-2:]

@@ -100,7 +100,6 @@ __all__ = [
     "MutualProjectedFusion",
     "SEMStage",
     "SelfExemplarsMiningCell",
-    "build_csnln",
 ]
 
 CSNLN_SCALES = (2, 3, 4)
@@ -451,6 +450,7 @@ def _choice(name: str, value, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+@register_model("csnln")  # the class is its own builder: its __init__ options are the registry options
 class CSNLN(nn.Module):
     """Cross-Scale Non-Local Network: head, one SEM cell applied ``depth`` times, concatenated hidden units -> RGB.
 
@@ -580,36 +580,3 @@ class CSNLN(nn.Module):
                 x = self.sem.output_unit(hidden)  # (N, F, h, w), L_t
         features = torch.cat(hidden_units, dim=1)  # (N, T*F, s*h, s*w)
         return self.add_mean(self.tail(features))  # (N, 3, s*h, s*w)
-
-
-@register_model("csnln")
-def build_csnln(
-    scale: int,
-    n_feats: int = 32,
-    depth: int = 4,
-    reduction: int = 2,
-    patch_size: int = 3,
-    softmax_scale: float = 10.0,
-    in_scale: str = "global",
-    regions: int = 2,
-    cross_scale: str = "proposed",
-    normalization: str = "overlap",
-    x4_stages: int = 1,
-) -> CSNLN:
-    """Builder for ``build_model("csnln", scale, ...)``.
-
-    Args:
-        scale: 2, 3 or 4.
-        n_feats, depth, reduction, patch_size, softmax_scale, in_scale, regions,
-        cross_scale, normalization, x4_stages: see :class:`CSNLN`.  The defaults
-        are a compact model that trains on a CPU (193,169 parameters at x2);
-        ``**CSNLN_OFFICIAL_OPTIONS`` gives the released size (3,061,265 at x2).
-
-    Raises:
-        ValueError: unsupported scale or invalid option values.
-    """
-    return CSNLN(
-        scale, n_feats=n_feats, depth=depth, reduction=reduction, patch_size=patch_size,
-        softmax_scale=softmax_scale, in_scale=in_scale, regions=regions, cross_scale=cross_scale,
-        normalization=normalization, x4_stages=x4_stages,
-    )
