@@ -10,7 +10,9 @@ from srlib.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointMismatchError,
+    TRAINING_STATE_KEYS,
     checkpoint_payload,
+    export_checkpoint,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -172,3 +174,52 @@ def test_parameter_free_model_round_trip(tmp_path):
     path = save_checkpoint(tmp_path / "bicubic.pt", checkpoint_payload(build_model("bicubic", 3)))
     loaded = model_from_checkpoint(path, expected_scale=3)
     assert loaded.model_name == "bicubic" and loaded.scale == 3
+
+
+def _training_payload(model):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(1, 3, 8, 8)).mean().backward()
+    optimizer.step()
+    return checkpoint_payload(
+        model, optimizer_state=optimizer.state_dict(), rng_state={"torch": torch.get_rng_state()},
+        step=1, config={"steps": 1}, history={"loss": [0.5]},
+    )
+
+
+def test_export_drops_training_state_and_keeps_outputs(tmp_path, model):
+    source = save_checkpoint(tmp_path / "checkpoint.pt", _training_payload(model))
+    report = export_checkpoint(source, tmp_path / "slim.pt")
+    slim = load_checkpoint(tmp_path / "slim.pt")
+    assert sorted(report["dropped"]) == ["optimizer_state", "rng_state"]
+    assert not set(TRAINING_STATE_KEYS) & set(slim)
+    assert slim["config"] == {"steps": 1} and slim["history"] == {"loss": [0.5]} and slim["step"] == 1
+    assert report["bytes"] < report["source_bytes"]
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model_from_checkpoint(tmp_path / "slim.pt")(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_export_half_precision_is_close_and_smaller(tmp_path, model):
+    source = save_checkpoint(tmp_path / "checkpoint.pt", _training_payload(model))
+    full = export_checkpoint(source, tmp_path / "slim.pt")
+    half = export_checkpoint(source, tmp_path / "half.pt", half=True)
+    assert half["bytes"] < full["bytes"]
+    restored = model_from_checkpoint(tmp_path / "half.pt")
+    assert all(p.dtype == torch.float32 for p in restored.parameters())
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model.eval()(x), rtol=0, atol=5e-3)
+
+
+def test_export_refuses_bad_sources(tmp_path, model):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        export_checkpoint(tmp_path / "missing.pt", tmp_path / "out.pt")
+    source = save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_payload(model))
+    with pytest.raises(ValueError, match="overwrite its source"):
+        export_checkpoint(source, source)
+    broken = checkpoint_payload(model)
+    broken["model_state"] = {k: v for k, v in broken["model_state"].items() if "tail" not in k}
+    save_checkpoint(tmp_path / "broken.pt", broken)
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        export_checkpoint(tmp_path / "broken.pt", tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()

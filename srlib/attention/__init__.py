@@ -24,6 +24,25 @@ from srlib.attention.cross_scale import (
     pad_to_multiple,
     pixel_cross_scale_attention,
 )
+from srlib.attention.lsh import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_BUCKETS,
+    bucket_count,
+    combine_rounds,
+    cpu_generator,
+    gather_neighbour_chunks,
+    merge_chunks,
+    neighbour_chunk_offsets,
+    offset_rounds,
+    random_rotations,
+    softmax_with_logsumexp,
+    sort_by_code,
+    sort_positions,
+    spherical_hash,
+    spherical_lsh,
+    split_into_chunks,
+    unsort_positions,
+)
 from srlib.attention.non_local import (
     IMPLEMENTATIONS,
     MEMORY_FRACTION,
@@ -36,6 +55,11 @@ from srlib.attention.non_local import (
     non_local_attention,
     region_grid,
     region_non_local_attention,
+)
+from srlib.attention.sparse import (
+    NonLocalSparseAttention,
+    SparseAttentionDetails,
+    non_local_sparse_attention,
 )
 
 __all__ = [
@@ -60,4 +84,24 @@ __all__ = [
     "overlap_count",
     "pad_to_multiple",
     "pixel_cross_scale_attention",
+    "DEFAULT_CHUNK_SIZE",
+    "MAX_BUCKETS",
+    "bucket_count",
+    "combine_rounds",
+    "cpu_generator",
+    "gather_neighbour_chunks",
+    "merge_chunks",
+    "neighbour_chunk_offsets",
+    "offset_rounds",
+    "random_rotations",
+    "softmax_with_logsumexp",
+    "sort_by_code",
+    "sort_positions",
+    "spherical_hash",
+    "spherical_lsh",
+    "split_into_chunks",
+    "unsort_positions",
+    "NonLocalSparseAttention",
+    "SparseAttentionDetails",
+    "non_local_sparse_attention",
 ]

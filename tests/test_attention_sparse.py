@@ -1,0 +1,347 @@
+"""Non-Local Sparse Attention (srlib.attention.sparse) against a literal float64 loop reference.
+
+The reference follows the algorithm step by step with Python loops over positions,
+independently of the library's gathers, chunk tensors and einsums:
+
+    for each image and round r:
+        code(l)  = argmax concat[k_hat(l) A_r, -k_hat(l) A_r]          k_hat = k / max(|k|, 5e-5)
+        sorted   = positions sorted by (code, position)
+        chunks   = consecutive runs of m sorted positions (the last one shorter)
+        for every query l in chunk c:
+            keys     = positions of the distinct chunks c - before .. c + after (cyclic)
+            lse_r(l) = log sum_j exp(q(l) . k_hat(j))
+            out_r(l) = sum_j exp(q(l) . k_hat(j) - lse_r(l)) v(j)
+    out(l) = sum_r softmax_r(lse_r(l)) out_r(l)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from srlib.attention import non_local_attention
+from srlib.attention.lsh import random_rotations
+from srlib.attention.sparse import (
+    KEY_NORM_EPS,
+    NonLocalSparseAttention,
+    SparseAttentionDetails,
+    non_local_sparse_attention,
+)
+
+# --------------------------------------------------------------------------- reference
+
+
+def loop_sparse_attention(query, key, value, rotations, chunk_size, before=1, after=1):
+    """NLSA literally, in float64 Python numbers.  Returns out (N, C_v, H, W) and codes (N, R, H, W)."""
+    n_images, c_e, height, width = query.shape
+    c_v = value.shape[1]
+    _, n_rounds, half = rotations.shape
+    length = height * width
+    rot = rotations.double().tolist()  # rot[d][r][a]
+    out = torch.zeros(n_images, c_v, height, width, dtype=torch.float64)
+    all_codes = torch.zeros(n_images, n_rounds, height, width, dtype=torch.long)
+    for n in range(n_images):
+        pixels = [(i, j) for i in range(height) for j in range(width)]  # position l = i*W + j
+        q = [query[n, :, i, j].double().tolist() for i, j in pixels]
+        v = [value[n, :, i, j].double().tolist() for i, j in pixels]
+        k_hat = []
+        for i, j in pixels:
+            k = key[n, :, i, j].double().tolist()
+            norm = max(math.sqrt(sum(x * x for x in k)), KEY_NORM_EPS)
+            k_hat.append([x / norm for x in k])
+        round_out, round_lse = [], []
+        for r in range(n_rounds):
+            codes = []
+            for pos in range(length):
+                proj = [sum(k_hat[pos][d] * rot[d][r][a] for d in range(c_e)) for a in range(half)]
+                both = proj + [-p for p in proj]
+                codes.append(max(range(2 * half), key=lambda c, both=both: (both[c], -c)))
+                all_codes[n, r, pixels[pos][0], pixels[pos][1]] = codes[-1]
+            ordered = sorted(range(length), key=lambda p, codes=codes: (codes[p], p))
+            chunks = [ordered[s : s + chunk_size] for s in range(0, length, chunk_size)]
+            outs, lses = [None] * length, [None] * length
+            for c, chunk in enumerate(chunks):
+                neighbour_ids = sorted({(c + o) % len(chunks) for o in range(-before, after + 1)})
+                keys = [p for cid in neighbour_ids for p in chunks[cid]]
+                for pos in chunk:
+                    scores = [sum(a * b for a, b in zip(q[pos], k_hat[t])) for t in keys]
+                    top = max(scores)
+                    lse = top + math.log(sum(math.exp(s - top) for s in scores))
+                    lses[pos] = lse
+                    outs[pos] = [
+                        sum(math.exp(s - lse) * v[t][ch] for s, t in zip(scores, keys)) for ch in range(c_v)
+                    ]
+            round_out.append(outs)
+            round_lse.append(lses)
+        for pos, (i, j) in enumerate(pixels):
+            top = max(round_lse[r][pos] for r in range(n_rounds))
+            e = [math.exp(round_lse[r][pos] - top) for r in range(n_rounds)]
+            for ch in range(c_v):
+                out[n, ch, i, j] = sum(e[r] / sum(e) * round_out[r][pos][ch] for r in range(n_rounds))
+    return out, all_codes
+
+
+def random_maps(n, c_e, c_v, height, width, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, c_e, height, width, generator=g, dtype=torch.float64)
+    k = torch.randn(n, c_e, height, width, generator=g, dtype=torch.float64) * 2.0
+    v = torch.randn(n, c_v, height, width, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+# --------------------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize(
+    ("n", "height", "width", "chunk_size", "n_rounds", "n_buckets", "before", "after"),
+    [
+        (1, 3, 4, 5, 1, 2, 1, 1),  # L = 12: 3 chunks, last one padded by 3
+        (3, 5, 7, 8, 3, 4, 1, 1),  # L = 35: 5 chunks, padded by 5; batch of 3
+        (1, 2, 3, 8, 2, None, 1, 1),  # L = 6 < one chunk: a single chunk, rule gives 2 buckets
+        (3, 4, 4, 8, 2, 4, 1, 1),  # L = 16: exactly 2 chunks (neighbours coincide)
+        (1, 4, 4, 4, 3, 6, 1, 1),  # L = 16: 4 chunks, no padding
+        (1, 5, 5, 3, 2, 8, 2, 0),  # other neighbourhood: two previous chunks, no next
+    ],
+)
+def test_matches_the_loop_reference(n, height, width, chunk_size, n_rounds, n_buckets, before, after):
+    q, k, v = random_maps(n, 3, 2, height, width, seed=height * 10 + width)
+    b = n_buckets if n_buckets is not None else 2
+    rotations = random_rotations(3, n_rounds, b, 99, dtype=torch.float64)
+    out, details = non_local_sparse_attention(
+        q, k, v, n_rounds=n_rounds, chunk_size=chunk_size, n_buckets=n_buckets, rotations=rotations,
+        chunks_before=before, chunks_after=after, return_details=True,
+    )
+    expected, expected_codes = loop_sparse_attention(q, k, v, rotations, chunk_size, before, after)
+    assert out.shape == (n, 2, height, width) and out.dtype == torch.float64
+    assert torch.equal(details.codes, expected_codes)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_generator_seed_and_rotations_paths_agree():
+    q, k, v = random_maps(2, 4, 3, 5, 6, seed=1)
+    common = {"n_rounds": 3, "chunk_size": 7}
+    by_seed, details = non_local_sparse_attention(q, k, v, generator=8, return_details=True, **common)
+    by_generator = non_local_sparse_attention(q, k, v, generator=torch.Generator().manual_seed(8), **common)
+    by_rotations = non_local_sparse_attention(q, k, v, rotations=details.rotations, **common)
+    assert torch.equal(by_seed, by_generator) and torch.equal(by_seed, by_rotations)
+    b = details.n_buckets
+    assert torch.equal(details.rotations, random_rotations(4, 3, b, 8, dtype=torch.float64))
+    expected, _ = loop_sparse_attention(q, k, v, details.rotations, 7)
+    torch.testing.assert_close(by_seed, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_details_are_consistent_with_the_output():
+    q, k, v = random_maps(2, 4, 3, 6, 5, seed=2)
+    out, details = non_local_sparse_attention(q, k, v, n_rounds=4, chunk_size=6, n_buckets=4, generator=0,
+                                              return_details=True)
+    assert isinstance(details, SparseAttentionDetails)
+    assert details.codes.shape == (2, 4, 6, 5) and details.codes.dtype == torch.int64
+    assert int(details.codes.min()) >= 0 and int(details.codes.max()) < 4
+    assert details.round_outputs.shape == (2, 4, 3, 6, 5)
+    assert details.round_weights.shape == details.round_logsumexp.shape == (2, 4, 6, 5)
+    torch.testing.assert_close(details.round_weights.sum(1), torch.ones(2, 6, 5, dtype=torch.float64))
+    torch.testing.assert_close(details.round_weights, torch.softmax(details.round_logsumexp, dim=1))
+    torch.testing.assert_close((details.round_weights.unsqueeze(2) * details.round_outputs).sum(1), out)
+    assert details.n_buckets == 4 and details.rotations.shape == (4, 4, 2)
+
+
+# --------------------------------------------------------------------------- special cases
+
+
+@pytest.mark.parametrize(("chunk_size", "n_rounds"), [(30, 1), (1000, 1), (144, 3)])
+def test_one_chunk_holding_every_position_is_dense_attention(chunk_size, n_rounds):
+    """Chunk >= L: each query sees every key exactly once, so NLSA = softmax(q k_hat^T) v."""
+    q, k, v = random_maps(2, 4, 3, 5, 6, seed=3)  # L = 30
+    out = non_local_sparse_attention(q, k, v, n_rounds=n_rounds, chunk_size=chunk_size, generator=0)
+    k_hat = k / k.norm(dim=1, keepdim=True)
+
+    def seq(t):
+        return t.flatten(2).transpose(1, 2)  # (N, L, C)
+
+    dense = non_local_attention(seq(q), seq(k_hat), seq(v)).transpose(1, 2).reshape(2, 3, 5, 6)
+    torch.testing.assert_close(out, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_non_multiple_and_tiny_sizes_work_in_float32():
+    for height, width in ((1, 1), (2, 3), (11, 13), (12, 12)):
+        q, k, v = (t.float() for t in random_maps(2, 4, 5, height, width, seed=4))
+        out = non_local_sparse_attention(q, k, v, n_rounds=2, chunk_size=16, generator=0)
+        assert out.shape == (2, 5, height, width) and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+    # 1x1: the only key is the pixel itself, so the output is its value.
+    q, k, v = random_maps(1, 4, 5, 1, 1, seed=5)
+    assert torch.allclose(non_local_sparse_attention(q, k, v, n_rounds=2, generator=0), v)
+
+
+def test_batch_of_images_equals_images_one_by_one():
+    q, k, v = random_maps(3, 4, 3, 7, 9, seed=6)
+    batched = non_local_sparse_attention(q, k, v, n_rounds=2, chunk_size=10, generator=5)
+    for i in range(3):
+        alone = non_local_sparse_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], n_rounds=2, chunk_size=10,
+                                           generator=5)
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_keys_are_normalised_but_queries_are_not():
+    q, k, v = random_maps(1, 4, 3, 4, 5, seed=7)
+    common = {"n_rounds": 2, "chunk_size": 6, "generator": 1}
+    base = non_local_sparse_attention(q, k, v, **common)
+    scales = torch.rand(1, 1, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 5 + 0.2
+    torch.testing.assert_close(non_local_sparse_attention(q, k * scales, v, **common), base)
+    assert not torch.allclose(non_local_sparse_attention(q * 3.0, k, v, **common), base)
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def test_repeatable_under_a_seed_and_different_seeds_give_different_codes():
+    q, k, v = random_maps(1, 8, 2, 12, 12, seed=8)
+    common = {"n_rounds": 2, "chunk_size": 16, "return_details": True}
+    out_a, det_a = non_local_sparse_attention(q, k, v, generator=1, **common)
+    out_b, det_b = non_local_sparse_attention(q, k, v, generator=1, **common)
+    _, det_c = non_local_sparse_attention(q, k, v, generator=2, **common)
+    assert torch.equal(out_a, out_b) and torch.equal(det_a.codes, det_b.codes)
+    assert det_a.n_buckets == 10  # the rule with L = 144, chunk 16: 144 // 16 = 9, rounded up to even
+    assert not torch.equal(det_a.codes, det_c.codes)
+
+
+def test_module_eval_is_deterministic_and_train_draws_fresh_buckets():
+    torch.manual_seed(0)
+    module = NonLocalSparseAttention(8, reduction=2, chunk_size=8, n_rounds=2, seed=3)
+    x = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(1))
+    module.eval()
+    with torch.no_grad():
+        first, det_first = module(x, return_details=True)
+        second, det_second = module(x, return_details=True)
+        assert torch.equal(first, second) and torch.equal(det_first.codes, det_second.codes)
+        assert torch.equal(det_first.rotations, random_rotations(4, 2, det_first.n_buckets, 3))
+        module.train()
+        codes = [module(x, return_details=True)[1].codes for _ in range(3)]
+        assert not torch.equal(codes[1], codes[0]) and not torch.equal(codes[2], codes[1])
+        # Reproducible from the seed: a copy made now, or a re-seeded module, repeats the sequence.
+        twin = NonLocalSparseAttention(8, reduction=2, chunk_size=8, n_rounds=2, seed=3)
+        twin.load_state_dict(module.state_dict())
+        twin.train()
+        assert all(torch.equal(twin(x, return_details=True)[1].codes, c) for c in codes)
+        module.reset_generator()
+        assert torch.equal(module(x, return_details=True)[1].codes, codes[0])
+        clone = copy.deepcopy(module)
+        assert torch.equal(clone(x), module(x))
+        # An explicit generator wins in both modes.
+        module.eval()
+        assert torch.equal(module(x, generator=11), module(x, generator=torch.Generator().manual_seed(11)))
+        assert not torch.equal(module(x, generator=11), first)
+
+
+def test_module_structure_and_residual():
+    module = NonLocalSparseAttention(16, seed=0)
+    assert module.match_embedding.kernel_size == (3, 3) and module.match_embedding.out_channels == 4
+    assert module.assembly_embedding.kernel_size == (1, 1) and module.assembly_embedding.out_channels == 16
+    assert sorted(module.state_dict()) == [
+        "assembly_embedding.bias", "assembly_embedding.weight", "match_embedding.bias", "match_embedding.weight",
+    ]
+    x = torch.randn(2, 16, 9, 10, generator=torch.Generator().manual_seed(2))
+    module.eval()
+    with torch.no_grad():
+        out, details = module(x, return_details=True)
+        attention = non_local_sparse_attention(
+            module.match_embedding(x), module.match_embedding(x), module.assembly_embedding(x), n_rounds=4,
+            chunk_size=144, generator=0,
+        )
+        torch.testing.assert_close(out, x + attention)
+        assert details.n_buckets == 2  # 90 positions < 144: the fixed rule's floor
+        module.res_scale = 0.1
+        torch.testing.assert_close(module(x), x + 0.1 * attention)
+        module.res_scale = 0.0
+        assert torch.equal(module(x), x)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def test_gradcheck_functional():
+    q, k, v = random_maps(2, 3, 2, 3, 5, seed=9)  # L = 15, chunks of 4: padding on the last one
+    rotations = random_rotations(3, 2, 4, 0, dtype=torch.float64)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (q, k, v))
+
+    def f(query, key, value):
+        return non_local_sparse_attention(query, key, value, n_rounds=2, chunk_size=4, rotations=rotations)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_module_and_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    module = NonLocalSparseAttention(4, reduction=2, chunk_size=4, n_rounds=2, res_scale=0.5, seed=1).double().eval()
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-6)
+    module(x).square().sum().backward()
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_functional_rejects_bad_inputs():
+    q, k, v = random_maps(1, 4, 3, 4, 4, seed=10)
+    with pytest.raises(ValueError, match=r"query must be a feature map shaped \(N, C, H, W\)"):
+        non_local_sparse_attention(q[0], k, v, n_rounds=1, generator=0)
+    with pytest.raises(ValueError, match="same number of channels"):
+        non_local_sparse_attention(q, k[:, :3], v, n_rounds=1, generator=0)
+    with pytest.raises(ValueError, match="share the query's batch size and size"):
+        non_local_sparse_attention(q, k, v[:, :, :3], n_rounds=1, generator=0)
+    with pytest.raises(ValueError, match="share dtype and device"):
+        non_local_sparse_attention(q, k, v.float(), n_rounds=1, generator=0)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        non_local_sparse_attention(q, k, v, n_rounds=1, chunk_size=0, generator=0)
+    with pytest.raises(ValueError, match="n_rounds must be an integer >= 1"):
+        non_local_sparse_attention(q, k, v, n_rounds=0, generator=0)
+    with pytest.raises(ValueError, match="n_buckets must be an even integer"):
+        non_local_sparse_attention(q, k, v, n_rounds=1, n_buckets=5, generator=0)
+    with pytest.raises(ValueError, match="exactly one source"):
+        non_local_sparse_attention(q, k, v, n_rounds=1)
+    with pytest.raises(ValueError, match="rotations must have shape"):
+        non_local_sparse_attention(q, k, v, n_rounds=2, rotations=random_rotations(4, 1, 4, 0))
+    with pytest.raises(ValueError, match="rotations must have shape"):
+        non_local_sparse_attention(q, k, v, n_rounds=1, n_buckets=6, rotations=random_rotations(4, 1, 4, 0))
+    with pytest.raises(ValueError, match="floating-point"):
+        non_local_sparse_attention(q.long(), k, v, n_rounds=1, generator=0)
+
+
+def test_module_rejects_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="channels // reduction"):
+        NonLocalSparseAttention(3, reduction=4)
+    with pytest.raises(ValueError, match="chunk_size"):
+        NonLocalSparseAttention(8, chunk_size=0)
+    with pytest.raises(ValueError, match="even integer"):
+        NonLocalSparseAttention(8, n_buckets=7)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        NonLocalSparseAttention(8, seed=0.5)
+    module = NonLocalSparseAttention(8)
+    with pytest.raises(ValueError, match=r"expects a \(N, 8, H, W\) feature map"):
+        module(torch.zeros(1, 4, 5, 5))
+    with pytest.raises(TypeError, match="Generator or an integer seed"):
+        module(torch.zeros(1, 8, 5, 5), generator=0.5)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_buckets_and_output():
+    q, k, v = random_maps(2, 4, 3, 13, 11, seed=11)
+    out, details = non_local_sparse_attention(q, k, v, n_rounds=3, chunk_size=16, generator=4, return_details=True)
+    out_gpu, details_gpu = non_local_sparse_attention(
+        q.cuda(), k.cuda(), v.cuda(), n_rounds=3, chunk_size=16, generator=4, return_details=True
+    )
+    assert out_gpu.device.type == "cuda"
+    assert torch.equal(details_gpu.codes.cpu(), details.codes)
+    torch.testing.assert_close(out_gpu.cpu(), out, rtol=1e-10, atol=1e-12)
+    module = NonLocalSparseAttention(8, reduction=2, chunk_size=8, n_rounds=2).eval()
+    x = torch.randn(2, 8, 9, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(module.cuda()(x.cuda()).cpu(), module.cpu()(x), rtol=1e-4, atol=1e-5)
