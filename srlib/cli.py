@@ -7,6 +7,8 @@ Sub-commands::
     srlib train    --preset quick|full --model NAME --scale S --out DIR [--resume]
     srlib upscale  IMAGE (--checkpoint PATH | --model bicubic --scale S) -o OUT.png
     srlib models   [--scale S] [--option KEY=VALUE ...]
+    srlib export   CHECKPOINT -o SLIM.pt [--half]
+    srlib bench    attention [--quick] [--cases NAME ...] [--sizes S ...] [--sweep S ...] [--out DIR]
 
 Every error that comes from bad input (a missing dataset, a checkpoint of
 another model or scale, a corrupt image) is printed as one line starting with
@@ -109,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite OUT.png if it exists")
+
+    p = sub.add_parser("export", help="write a slim copy of a training checkpoint (no optimizer state) for sharing")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by `srlib train`")
+    p.add_argument("-o", "--output", required=True, metavar="SLIM.pt")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    p.add_argument("--force", action="store_true", help="overwrite SLIM.pt if it exists")
+
+    from .bench import add_attention_arguments
+
+    p = sub.add_parser("bench", help="benchmarks: forward time and peak memory of the attention modules")
+    benchmarks = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    add_attention_arguments(benchmarks.add_parser(
+        "attention", help="time (ms) and peak memory (MiB) of dense, region, sparse and cross-scale attention; "
+                          "writes attention_bench.json and attention_bench.png"))
     return parser
 
 
@@ -265,12 +281,30 @@ def _cmd_upscale(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoint import export_checkpoint
+
+    if Path(args.output).exists() and not args.force:
+        raise ValueError(f"{args.output} already exists; pass --force to overwrite it or choose another name")
+    report = export_checkpoint(args.checkpoint, args.output, half=args.half)
+    dropped = ", ".join(report["dropped"]) or "nothing"
+    print(f"wrote {report['path']} ({report['bytes'] / 2**20:.2f} MiB, from {report['source_bytes'] / 2**20:.2f} MiB; "
+          f"dropped {dropped})")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import attention_command
+
+    return attention_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``srlib`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"data": _cmd_data, "eval": _cmd_eval, "train": _cmd_train, "upscale": _cmd_upscale,
-                "models": _cmd_models}
+                "models": _cmd_models, "export": _cmd_export, "bench": _cmd_bench}
     from .checkpoint import CheckpointError
     from .data import DatasetNotFoundError, ImageReadError
     from .train import TrainingError

@@ -169,14 +169,19 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "edsr_baseline": dict(model_options=dict(n_feats=32, n_blocks=4)),
         "csnln": dict(model_options=dict(n_feats=32, depth=4), lr_patch=24, val_tile=48),
+        "nlsn": dict(model_options=dict(n_feats=32, n_blocks=8, attention_every=4)),
     },
     "full": {
         "edsr_baseline": dict(model_options=dict(n_feats=64, n_blocks=16)),
         "csnln": dict(model_options=dict(n_feats=64, depth=6), val_tile=64),
+        "nlsn": dict(model_options=dict(n_feats=64, n_blocks=16, attention_every=4)),
     },
     "smoke": {
         "edsr_baseline": dict(model_options=dict(n_feats=16, n_blocks=2)),
         "csnln": dict(model_options=dict(n_feats=8, depth=1), val_tile=32),
+        # NLSA runs on whole validation images (its cost is linear in their size), so the smoke
+        # run scores Set5 only.
+        "nlsn": dict(model_options=dict(n_feats=16, n_blocks=2, attention_every=2, n_rounds=1), final_sets=("Set5",)),
     },
 }
 

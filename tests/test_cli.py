@@ -113,6 +113,18 @@ def test_train_eval_upscale_round_trip(tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "in.png"), "--model", "bicubic", "--scale", "2",
                  "-o", str(tmp_path / "out.png")]) == 2
 
+    # Export a slim copy: smaller, same outputs, refuses to overwrite without --force.
+    slim = tmp_path / "slim.pt"
+    capsys.readouterr()
+    assert main(["export", str(run / "checkpoint.pt"), "-o", str(slim)]) == 0
+    assert "dropped optimizer_state" in capsys.readouterr().out
+    assert slim.stat().st_size < (run / "checkpoint.pt").stat().st_size
+    assert main(["upscale", str(tmp_path / "in.png"), "--checkpoint", str(slim), "-o", str(tmp_path / "slim.png")]) == 0
+    assert torch.equal(load_image(tmp_path / "slim.png"), load_image(tmp_path / "out.png"))
+    assert main(["export", str(run / "checkpoint.pt"), "-o", str(slim)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["export", str(run / "checkpoint.pt"), "-o", str(slim), "--force", "--half"]) == 0
+
 
 def test_upscale_corrupt_image_is_one_clear_error(tmp_path, capsys):
     bad = tmp_path / "broken.png"

@@ -274,6 +274,33 @@ def _check_sequences(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         )
 
 
+def _fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``softmax(query key^T) value`` through ``scaled_dot_product_attention`` with ``scale=1.0``.
+
+    PyTorch's memory-efficient CPU kernel (flash attention) only runs on 4-D
+    ``(N, heads, L, C)`` inputs whose query/key and value widths are equal;
+    anything else silently falls back to the math path, which materialises the
+    ``(Lq, Lk)`` matrix.  So a head dimension is added, the inputs are made
+    contiguous, and the narrower side is
+    zero-padded to the wider width: zero channels add nothing to ``query key^T``,
+    and padded value channels are cropped from the output.  ``(N, Lq, C_e)``,
+    ``(N, Lk, C_e)``, ``(N, Lk, C_v)`` -> ``(N, Lq, C_v)``.
+    """
+    c_e, c_v = query.shape[-1], value.shape[-1]
+    width = max(c_e, c_v)
+    if c_e < width:
+        query = F.pad(query, (0, width - c_e))  # (N, Lq, width), zero channels
+        key = F.pad(key, (0, width - c_e))  # (N, Lk, width)
+    if c_v < width:
+        value = F.pad(value, (0, width - c_v))  # (N, Lk, width)
+    # scale=1.0: eq. 2 is a plain dot product, no 1/sqrt(C_e).
+    # The kernel also needs the channel dimension contiguous (embeddings flattened from
+    # (N, C, H, W) maps arrive transposed).
+    query, key, value = (t.contiguous()[:, None] for t in (query, key, value))  # (N, 1, L, width)
+    out = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # (N, 1, Lq, width)
+    return out[:, 0, :, :c_v]  # (N, Lq, C_v)
+
+
 def non_local_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -327,8 +354,7 @@ def non_local_attention(
                 "return_attention=True needs implementation='explicit': the fused kernel "
                 "(scaled_dot_product_attention) never exposes the attention weights"
             )
-        # scale=1.0: eq. 2 is a plain dot product, no 1/sqrt(C_e).
-        return F.scaled_dot_product_attention(query, key, value, scale=1.0)  # (N, Lq, C_v)
+        return _fused_attention(query, key, value)  # (N, Lq, C_v)
 
     check_attention_memory(
         query.shape[0], query.shape[1], key.shape[1], query.dtype, query.device,

@@ -18,6 +18,7 @@ imported below so that importing :mod:`srlib.models` makes it available.
 from srlib.models import bicubic as _bicubic  # noqa: F401
 from srlib.models import csnln as _csnln  # noqa: F401
 from srlib.models import edsr as _edsr  # noqa: F401
+from srlib.models import nlsn as _nlsn  # noqa: F401
 from srlib.models.profile import (
     count_flops,
     count_parameters,
