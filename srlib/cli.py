@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr-patch", type=int, default=None, metavar="PX", help="LR training patch size in pixels")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
@@ -209,7 +210,7 @@ def _cmd_train(args) -> int:
 
     options = dict(_parse_option(o) for o in args.option)
     overrides = dict(
-        model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size,
+        model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size, lr_patch=args.lr_patch,
         learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
         device=args.device, data_roots=_roots(args),
     )
