@@ -22,8 +22,21 @@ import math
 import pytest
 import torch
 
+import srlib.attention.sparse as sparse_module
 from srlib.attention import non_local_attention
-from srlib.attention.lsh import random_rotations
+from srlib.attention.lsh import (
+    combine_rounds,
+    gather_neighbour_chunks,
+    merge_chunks,
+    neighbour_chunk_offsets,
+    random_rotations,
+    softmax_with_logsumexp,
+    sort_by_code,
+    sort_positions,
+    spherical_hash,
+    split_into_chunks,
+    unsort_positions,
+)
 from srlib.attention.sparse import (
     KEY_NORM_EPS,
     NonLocalSparseAttention,
@@ -281,6 +294,112 @@ def test_gradcheck_module_and_every_parameter_gets_a_gradient():
     module(x).square().sum().backward()
     for name, parameter in module.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# --------------------------------------------------------------------------- blocks of chunks
+
+
+def unblocked_sparse_attention(query, key, value, rotations, chunk_size, before=1, after=1):
+    """NLSA with every round and chunk at once, from the lsh primitives (all scores of all rounds in one tensor).
+
+    Returns out (N, C_v, H, W), round outputs (N, R, L, C_v) and round log-normalisers (N, R, L).
+    """
+    n, _, height, width = query.shape
+    length = height * width
+    q = query.flatten(2).transpose(1, 2)  # (N, L, C_e)
+    k = key.flatten(2).transpose(1, 2)
+    v = value.flatten(2).transpose(1, 2)  # (N, L, C_v)
+    k = k / k.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
+    order, undo = sort_by_code(spherical_hash(k, rotations))  # (N, R, L)
+    q_chunks, valid = split_into_chunks(sort_positions(q, order), chunk_size)  # (N, R, nc, m, C_e), (nc, m)
+    k_seen = gather_neighbour_chunks(split_into_chunks(sort_positions(k, order), chunk_size)[0], before, after)
+    v_seen = gather_neighbour_chunks(split_into_chunks(sort_positions(v, order), chunk_size)[0], before, after)
+    key_valid = gather_neighbour_chunks(valid, before, after, dim=-2)  # (nc, K m)
+    scores = torch.einsum("nrcqd,nrckd->nrcqk", q_chunks, k_seen)  # (N, R, nc, m, K m)
+    probabilities, lse = softmax_with_logsumexp(scores, key_valid.unsqueeze(1))
+    out_chunks = torch.einsum("nrcqk,nrckd->nrcqd", probabilities, v_seen)  # (N, R, nc, m, C_v)
+    round_outputs = unsort_positions(merge_chunks(out_chunks, length), undo)  # (N, R, L, C_v)
+    round_lse = unsort_positions(merge_chunks(lse.unsqueeze(-1), length), undo).squeeze(-1)  # (N, R, L)
+    combined, _ = combine_rounds(round_outputs, round_lse)  # (N, L, C_v)
+    return combined.transpose(1, 2).reshape(n, -1, height, width), round_outputs, round_lse
+
+
+def score_entries_for(chunks_per_block, n, length, chunk_size, before, after):
+    """The _BLOCK_SCORE_ENTRIES that makes blocks of exactly ``chunks_per_block`` chunks."""
+    n_chunks = math.ceil(length / chunk_size)
+    keys = len(neighbour_chunk_offsets(n_chunks, before, after)) * chunk_size
+    return chunks_per_block * n * chunk_size * keys
+
+
+@pytest.mark.parametrize(
+    ("n", "height", "width", "chunk_size", "n_rounds", "before", "after", "chunks_per_block"),
+    [
+        (2, 7, 9, 5, 3, 1, 1, 1),  # L = 63: 13 chunks, the last padded by 2; 13 blocks of one chunk
+        (2, 7, 9, 5, 3, 1, 1, 4),  # blocks of 4, 4, 4 and 1 chunks (the padded chunk alone)
+        (1, 6, 7, 4, 2, 2, 0, 3),  # L = 42: 11 chunks padded by 2, two previous chunks; last block of 2
+        (2, 4, 4, 6, 2, 1, 1, 1),  # L = 16: 3 chunks, padded by 2
+        (3, 4, 4, 8, 2, 1, 1, 1),  # L = 16: exactly 2 chunks (neighbours coincide), no padding
+    ],
+)
+def test_blocks_of_chunks_equal_the_unblocked_math(
+    monkeypatch, n, height, width, chunk_size, n_rounds, before, after, chunks_per_block
+):
+    """Attending a round block by block of chunks (and combining rounds as they come) changes nothing."""
+    q, k, v = random_maps(n, 3, 4, height, width, seed=20 + chunks_per_block)
+    rotations = random_rotations(3, n_rounds, 6, 5, dtype=torch.float64)
+    cotangent = torch.randn(n, 4, height, width, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(function):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out, *rest = function(*inputs)
+        (out * cotangent).sum().backward()
+        return out.detach(), [r.detach() for r in rest], [t.grad for t in inputs]
+
+    expected, (expected_round_out, expected_lse), expected_grads = run(
+        lambda *t: unblocked_sparse_attention(*t, rotations, chunk_size, before, after)
+    )
+
+    def sparse(query, key, value):
+        out, details = non_local_sparse_attention(
+            query, key, value, n_rounds=n_rounds, chunk_size=chunk_size, rotations=rotations,
+            chunks_before=before, chunks_after=after, return_details=True,
+        )
+        round_out = details.round_outputs.flatten(3).transpose(2, 3)  # (N, R, L, C_v)
+        return out, round_out, details.round_logsumexp.flatten(2)
+
+    entries = score_entries_for(chunks_per_block, n, height * width, chunk_size, before, after)
+    monkeypatch.setattr(sparse_module, "_BLOCK_SCORE_ENTRIES", entries)
+    blocked, (round_out, lse), grads = run(sparse)
+    monkeypatch.setattr(sparse_module, "_BLOCK_SCORE_ENTRIES", 10**12)  # every chunk of a round in one block
+    one_block, _, one_block_grads = run(sparse)
+
+    exact = {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(blocked, expected, **exact)
+    torch.testing.assert_close(round_out, expected_round_out, **exact)
+    torch.testing.assert_close(lse, expected_lse, **exact)
+    torch.testing.assert_close(one_block, expected, **exact)
+    for grad, one_block_grad, expected_grad in zip(grads, one_block_grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, **exact)
+        torch.testing.assert_close(one_block_grad, expected_grad, **exact)
+
+
+def test_gradcheck_with_blocks_of_one_chunk(monkeypatch):
+    q, k, v = random_maps(1, 3, 2, 3, 5, seed=12)  # L = 15, chunks of 4: 4 chunks, the last padded
+    monkeypatch.setattr(sparse_module, "_BLOCK_SCORE_ENTRIES", score_entries_for(1, 1, 15, 4, 1, 1))
+    rotations = random_rotations(3, 2, 4, 1, dtype=torch.float64)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (q, k, v))
+
+    def f(query, key, value):
+        return non_local_sparse_attention(query, key, value, n_rounds=2, chunk_size=4, rotations=rotations)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_output_is_the_same_with_and_without_details():
+    q, k, v = random_maps(2, 4, 3, 9, 8, seed=13)
+    common = {"n_rounds": 4, "chunk_size": 10, "generator": 2}
+    out, _ = non_local_sparse_attention(q, k, v, return_details=True, **common)
+    assert torch.equal(non_local_sparse_attention(q, k, v, **common), out)
 
 
 # --------------------------------------------------------------------------- errors

@@ -61,6 +61,7 @@ rotations across the images of a batch.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -70,16 +71,10 @@ from torch import nn
 from srlib.attention.lsh import (
     DEFAULT_CHUNK_SIZE,
     bucket_count,
-    combine_rounds,
     cpu_generator,
-    gather_neighbour_chunks,
-    merge_chunks,
-    softmax_with_logsumexp,
+    neighbour_chunk_offsets,
     sort_by_code,
-    sort_positions,
     spherical_lsh,
-    split_into_chunks,
-    unsort_positions,
 )
 
 __all__ = [
@@ -91,6 +86,10 @@ __all__ = [
 
 # Lower bound of a key's L2 norm before dividing by it (``eps`` of ``F.normalize`` in the NLSN code).
 KEY_NORM_EPS = 5e-5
+# Score entries (queries x keys, over the whole batch) computed at once: 2**20 is 4 MiB in float32.
+# The chunks of a round are attended in blocks of about this size (at least one chunk per block),
+# so no tensor of all the scores of a round exists.
+_BLOCK_SCORE_ENTRIES = 2**20
 
 
 class SparseAttentionDetails(NamedTuple):
@@ -151,6 +150,75 @@ def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
         )
 
 
+def _attend_round(
+    q_rows: torch.Tensor,
+    k_rows: torch.Tensor,
+    v_rows: torch.Tensor,
+    order: torch.Tensor,
+    chunk_size: int,
+    chunks_before: int,
+    chunks_after: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One hashing round: attend inside the chunks of the sorted sequence, a block of chunks at a time.
+
+    Args:
+        q_rows, k_rows: ``(N * L, C_e)`` queries and unit keys; position ``l``
+            of image ``n`` is row ``n * L + l``.
+        v_rows: ``(N * L, C_v)`` values, same rows.
+        order: ``(N, L)`` int64, the position at each sorted slot of this round.
+        chunk_size, chunks_before, chunks_after: as in :func:`non_local_sparse_attention`.
+
+    Returns:
+        ``(out, lse)``: the round's ``(N * L, C_v)`` output and ``(N * L,)``
+        log-normalisers, back in row (position) order.
+    """
+    n, length = order.shape
+    device = order.device
+    n_chunks = math.ceil(length / chunk_size)
+    offsets = neighbour_chunk_offsets(n_chunks, chunks_before, chunks_after)  # K distinct chunk offsets
+    # Row of every sorted slot; the padded slots at the end repeat the last row (masked as keys, dropped as queries).
+    rows = order + torch.arange(n, device=device)[:, None] * length  # (N, L)
+    rows = torch.cat([rows, rows[:, -1:].expand(n, n_chunks * chunk_size - length)], dim=1)  # (N, nc m)
+    # The round's sorted sequences, cut into chunks.
+    q_chunks = q_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
+    k_chunks = k_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
+    v_chunks = v_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_v)
+    # Chunks seen by each chunk; which of them see the padded last chunk.
+    neighbours = (torch.arange(n_chunks)[:, None] + torch.tensor(offsets)[None, :]) % n_chunks  # (nc, K), CPU
+    sees_padding = (neighbours == n_chunks - 1).any(dim=1) & (n_chunks * chunk_size > length)  # (nc,), CPU
+    neighbours_here = neighbours.to(device)  # (nc, K)
+    slots = torch.arange(chunk_size, device=device)  # (m,)
+    block = max(1, _BLOCK_SCORE_ENTRIES // (n * chunk_size * len(offsets) * chunk_size))  # chunks per block
+
+    out = v_rows.new_empty(n * length, v_rows.shape[1])  # (N L, C_v); every row is written once below
+    lse = v_rows.new_empty(n * length)  # (N L,)
+    for first in range(0, n_chunks, block):
+        last = min(first + block, n_chunks)
+        size = last - first  # B chunks in this block
+        # The block's queries, and the keys / values of each chunk's neighbourhood (own chunk first).
+        seen = neighbours_here[first:last].flatten()  # (B K,)
+        q = q_chunks[:, first:last]  # (N, B, m, C_e)
+        k = k_chunks.index_select(1, seen).view(n, size, -1, k_chunks.shape[-1])  # (N, B, K m, C_e)
+        v = v_chunks.index_select(1, seen).view(n, size, -1, v_chunks.shape[-1])  # (N, B, K m, C_v)
+        # Scores q . k_hat; padded key slots (all in the last chunk) get -inf, i.e. zero weight.
+        scores = q @ k.transpose(-1, -2)  # (N, B, m, K m)
+        if bool(sees_padding[first:last].any()):
+            key_valid = neighbours_here[first:last, :, None] * chunk_size + slots < length  # (B, K, m)
+            scores.masked_fill_(~key_valid.view(1, size, 1, -1), float("-inf"))
+        # Softmax and log-normaliser, in place: w = exp(s - max), lse = max + log sum w, out = (w v) / sum w.
+        top = scores.detach().amax(dim=-1, keepdim=True)  # (N, B, m, 1); lse and out do not depend on it
+        weights = scores.sub_(top).exp_()  # (N, B, m, K m)
+        total = weights.sum(dim=-1, keepdim=True)  # (N, B, m, 1)
+        block_out = (weights @ v) / total  # (N, B, m, C_v)
+        block_lse = top + total.log()  # (N, B, m, 1)
+        # Store each real query slot's result at its position's row (padded slots are the block's last ones).
+        kept = min(last * chunk_size, length) - first * chunk_size  # real slots per image in this block
+        real_rows = rows[:, first * chunk_size : first * chunk_size + kept].flatten()  # (N kept,)
+        out.index_copy_(0, real_rows, block_out.flatten(1, 2)[:, :kept].flatten(0, 1))
+        lse.index_copy_(0, real_rows, block_lse.flatten(1)[:, :kept].flatten())
+    return out, lse
+
+
 def non_local_sparse_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -209,11 +277,16 @@ def non_local_sparse_attention(
         Differentiable with respect to query, key and value (the bucket
         assignment itself is piecewise constant).
 
-    Memory: the scores and softmax weights are ``(N, R, ceil(L/m), m, K m)``
-    with ``K = 1 + chunks_before + chunks_after`` (fewer when there are fewer
-    chunks), i.e. about ``3 m R L`` entries per image instead of ``L^2``:
-    for a 100x100 map, 4 rounds and m = 144, 17 M entries (69 MB in float32)
-    against 100 M (400 MB) for dense attention.
+    Memory: each query meets ``K m`` keys per round, ``K = 1 + chunks_before
+    + chunks_after`` (fewer when there are fewer chunks), so there are
+    ``K m R L`` scores per image instead of ``L^2``: for a 100x100 map, 4
+    rounds and m = 144, 17 M against 100 M for dense attention.  They are
+    never all held at once: the rounds run one after the other, each one a
+    block of chunks at a time (about 2**20 scores, 4 MiB in float32, per
+    block), and each round is merged into the result as soon as it is done.
+    What remains is linear in ``L``: the hash projections ``(N, R, L, b)``
+    (briefly), a few ``(N, L, C)`` copies of the inputs and outputs, and,
+    with ``return_details=True``, every round's output.
 
     Raises:
         ValueError: inputs that are not non-empty float ``(N, C, H, W)`` maps;
@@ -245,32 +318,41 @@ def non_local_sparse_attention(
 
     # 1. Hash: one code per position and round (from the keys; the direction is all that matters).
     codes, rotations = spherical_lsh(k, n_rounds, n_buckets, generator=generator, rotations=rotations)  # (N, R, L)
-    # 2. Sort each round by code (stable); undo is the inverse permutation.
-    order, undo = sort_by_code(codes)  # (N, R, L), (N, R, L)
-    # 3. Chunks of the sorted sequences; keys and values of the own and neighbour chunks.
-    q_chunks, valid = split_into_chunks(sort_positions(q, order), chunk_size)  # (N, R, nc, m, C_e), (nc, m)
-    k_chunks, _ = split_into_chunks(sort_positions(k, order), chunk_size)  # (N, R, nc, m, C_e)
-    v_chunks, _ = split_into_chunks(sort_positions(v, order), chunk_size)  # (N, R, nc, m, C_v)
-    k_seen = gather_neighbour_chunks(k_chunks, chunks_before, chunks_after)  # (N, R, nc, K m, C_e)
-    v_seen = gather_neighbour_chunks(v_chunks, chunks_before, chunks_after)  # (N, R, nc, K m, C_v)
-    key_valid = gather_neighbour_chunks(valid, chunks_before, chunks_after, dim=-2)  # (nc, K m)
-    # 4. Attend inside the chunks: scores q . k_hat, masked softmax (padded keys get 0), weighted values.
-    scores = torch.einsum("nrcqd,nrckd->nrcqk", q_chunks, k_seen)  # (N, R, nc, m, K m)
-    probabilities, lse = softmax_with_logsumexp(scores, key_valid.unsqueeze(1))  # (N, R, nc, m, K m), (N, R, nc, m)
-    out_chunks = torch.einsum("nrcqk,nrckd->nrcqd", probabilities, v_seen)  # (N, R, nc, m, C_v)
-    # Back to one row per sorted position (padded queries dropped), then to the original order.
-    round_outputs = unsort_positions(merge_chunks(out_chunks, length), undo)  # (N, R, L, C_v)
-    round_lse = unsort_positions(merge_chunks(lse.unsqueeze(-1), length), undo).squeeze(-1)  # (N, R, L)
-    # 5. Combine the rounds: sum_r softmax_r(lse_r) out_r.
-    combined, round_weights = combine_rounds(round_outputs, round_lse)  # (N, L, C_v), (N, R, L)
+    # 2. Sort each round by code (stable): order[n, r, s] is the position at sorted slot s.
+    order, _ = sort_by_code(codes)  # (N, R, L)
+    # One row per position (row n L + l), so that chunks can be gathered by row number.
+    q_rows = q.reshape(n * length, -1)  # (N L, C_e)
+    k_rows = k.reshape(n * length, -1)  # (N L, C_e)
+    v_rows = v.reshape(n * length, c_v)  # (N L, C_v)
+    # 3. Attend inside the chunks and their neighbours, one round after the other (see _attend_round).
+    # 4. Combine the rounds as they come: out = sum_r softmax_r(lse_r) out_r over the rounds so far,
+    #    and lse = log sum_r exp(lse_r), their joint log-normaliser.
+    outputs, lses = [], []  # every round's result, kept only for the details
+    combined = combined_lse = None  # (N L, C_v), (N L,)
+    for r in range(n_rounds):
+        round_out, round_lse = _attend_round(
+            q_rows, k_rows, v_rows, order[:, r], chunk_size, chunks_before, chunks_after
+        )  # (N L, C_v), (N L,)
+        if return_details:
+            outputs.append(round_out)
+            lses.append(round_lse)
+        if combined is None:
+            combined, combined_lse = round_out, round_lse
+            continue
+        # Round r's share against the rounds before it: exp(lse_r) / (exp(lse) + exp(lse_r)).
+        share = torch.sigmoid(round_lse - combined_lse)  # (N L,)
+        combined = torch.lerp(combined, round_out, share.unsqueeze(-1))  # (N L, C_v)
+        combined_lse = torch.logaddexp(combined_lse, round_lse)  # (N L,)
 
-    output = combined.transpose(1, 2).reshape(n, c_v, h, w)  # (N, C_v, H, W)
+    output = combined.view(n, length, c_v).transpose(1, 2).reshape(n, c_v, h, w)  # (N, C_v, H, W)
     if not return_details:
         return output
+    round_outputs = torch.stack([o.view(n, length, c_v) for o in outputs], dim=1)  # (N, R, L, C_v)
+    round_lse = torch.stack([x.view(n, length) for x in lses], dim=1)  # (N, R, L)
     details = SparseAttentionDetails(
         codes=codes.reshape(n, n_rounds, h, w),
         round_outputs=round_outputs.transpose(2, 3).reshape(n, n_rounds, c_v, h, w),
-        round_weights=round_weights.reshape(n, n_rounds, h, w),
+        round_weights=torch.softmax(round_lse, dim=1).reshape(n, n_rounds, h, w),
         round_logsumexp=round_lse.reshape(n, n_rounds, h, w),
         n_buckets=n_buckets,
         rotations=rotations,

@@ -278,8 +278,10 @@ class NLSN(nn.Module):
         :class:`~srlib.attention.sparse.SparseAttentionDetails` per NLSA in
         body order (bucket ``codes`` ``(N, n_rounds, h, w)``, per-round outputs
         and weights, the rotations used); the output is the same as without
-        details.  The memory of an NLSA grows like ``n_rounds * h*w * 3 *
-        chunk_size``, linearly in the number of positions.
+        details.  The work of an NLSA grows like ``n_rounds * h*w * 3 *
+        chunk_size`` and its memory linearly in ``h*w`` (rounds and blocks of
+        chunks are processed one after another; see
+        :func:`~srlib.attention.sparse.non_local_sparse_attention`).
 
     Raises:
         ValueError: unsupported scale or option values (construction; the
