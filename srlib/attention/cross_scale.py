@@ -100,6 +100,7 @@ from srlib.attention.non_local import (
     AttentionMemoryError,
     attention_matrix_bytes,
     available_memory_bytes,
+    check_same_dtype_and_device,
 )
 
 __all__ = [
@@ -189,11 +190,7 @@ def _check_triplet(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
             f"query and key must have the same number of channels (they are compared by dot "
             f"products), got {query.shape[1]} and {key.shape[1]}"
         )
-    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
-        raise ValueError(
-            f"query, key and value must share dtype and device, got {query.dtype}/{query.device}, "
-            f"{key.dtype}/{key.device} and {value.dtype}/{value.device}"
-        )
+    check_same_dtype_and_device(query, key, value)
 
 
 def _check_cross_scale_inputs(

@@ -238,6 +238,22 @@ def check_attention_memory(
     )
 
 
+def check_same_dtype_and_device(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Raise one ``ValueError`` unless query, key and value share dtype and device.
+
+    Shared by every attention function of :mod:`srlib.attention` (dense,
+    cross-scale, sparse), so the message is the same everywhere.
+
+    Raises:
+        ValueError: the dtypes or devices differ; the message lists all three.
+    """
+    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
+        raise ValueError(
+            "query, key and value must share dtype and device, got "
+            f"{query.dtype}/{query.device}, {key.dtype}/{key.device} and {value.dtype}/{value.device}"
+        )
+
+
 def _check_implementation(implementation: str) -> None:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
@@ -267,11 +283,7 @@ def _check_sequences(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             f"key and value must have the same length L (one value per key position), got "
             f"{key.shape[1]} and {value.shape[1]}"
         )
-    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
-        raise ValueError(
-            "query, key and value must share dtype and device, got "
-            f"{query.dtype}/{query.device}, {key.dtype}/{key.device}, {value.dtype}/{value.device}"
-        )
+    check_same_dtype_and_device(query, key, value)
 
 
 def _fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

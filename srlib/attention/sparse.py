@@ -76,12 +76,14 @@ from srlib.attention.lsh import (
     sort_by_code,
     spherical_lsh,
 )
+from srlib.attention.non_local import check_same_dtype_and_device
 
 __all__ = [
     "KEY_NORM_EPS",
     "NonLocalSparseAttention",
     "SparseAttentionDetails",
     "non_local_sparse_attention",
+    "normalize_keys",
 ]
 
 # Lower bound of a key's L2 norm before dividing by it (``eps`` of ``F.normalize`` in the NLSN code).
@@ -143,11 +145,7 @@ def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
                 f"{name} must share the query's batch size and size (N, H, W) = {(n, h, w)}, "
                 f"got {(t.shape[0], *t.shape[2:])}"
             )
-    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
-        raise ValueError(
-            f"query, key and value must share dtype and device, got {query.dtype}/{query.device}, "
-            f"{key.dtype}/{key.device} and {value.dtype}/{value.device}"
-        )
+    check_same_dtype_and_device(query, key, value)
 
 
 def _attend_round(
@@ -217,6 +215,15 @@ def _attend_round(
         out.index_copy_(0, real_rows, block_out.flatten(1, 2)[:, :kept].flatten(0, 1))
         lse.index_copy_(0, real_rows, block_lse.flatten(1)[:, :kept].flatten())
     return out, lse
+
+
+def normalize_keys(keys: torch.Tensor) -> torch.Tensor:
+    """L2-normalise keys along the last dimension, the norm clamped at :data:`KEY_NORM_EPS`.
+
+    ``(..., C_e)`` float -> unit vectors of the same shape (NLSN's ``F.normalize``
+    of the keys; a zero key stays zero instead of becoming NaN).
+    """
+    return keys / keys.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
 
 
 def non_local_sparse_attention(
@@ -314,7 +321,7 @@ def non_local_sparse_attention(
     q = query.flatten(2).transpose(1, 2)  # (N, L, C_e)
     k = key.flatten(2).transpose(1, 2)  # (N, L, C_e)
     v = value.flatten(2).transpose(1, 2)  # (N, L, C_v)
-    k = k / k.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)  # (N, L, C_e), unit keys
+    k = normalize_keys(k)  # (N, L, C_e), unit keys
 
     # 1. Hash: one code per position and round (from the keys; the direction is all that matters).
     codes, rotations = spherical_lsh(k, n_rounds, n_buckets, generator=generator, rotations=rotations)  # (N, R, L)
@@ -481,12 +488,8 @@ class NonLocalSparseAttention(nn.Module):
         generator: torch.Generator | int | None = None,
         return_details: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, SparseAttentionDetails]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects a (N, {self.channels}, H, W) feature map, got {shape}")
+        match, assembly = self.embed(x)  # (N, C_e, H, W) queries and keys; (N, C, H, W) values
         source = self._rotation_source(generator)
-        match = self.match_embedding(x)  # (N, C_e, H, W): queries, and keys once normalised
-        assembly = self.assembly_embedding(x)  # (N, C, H, W): values
         result = non_local_sparse_attention(
             match, match, assembly, n_rounds=self.n_rounds, chunk_size=self.chunk_size,
             n_buckets=self.n_buckets, generator=source, return_details=return_details,
@@ -496,6 +499,21 @@ class NonLocalSparseAttention(nn.Module):
         if return_details:
             return out, details
         return out
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check ``x`` and return its match and assembly embeddings.
+
+        ``x`` float ``(N, C, H, W)`` -> ``(match (N, C // reduction, H, W),
+        assembly (N, C, H, W))``: the match embedding gives the queries and,
+        once normalised, the keys; the assembly embedding gives the values.
+
+        Raises:
+            ValueError: ``x`` is not a ``(N, channels, H, W)`` tensor.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__} expects a (N, {self.channels}, H, W) feature map, got {shape}")
+        return self.match_embedding(x), self.assembly_embedding(x)
 
     def extra_repr(self) -> str:
         return (

@@ -104,7 +104,11 @@ from torch import nn
 
 from srlib.attention.lsh import DEFAULT_CHUNK_SIZE
 from srlib.attention.non_local import non_local_attention
-from srlib.attention.sparse import KEY_NORM_EPS, NonLocalSparseAttention, SparseAttentionDetails
+from srlib.attention.sparse import (
+    NonLocalSparseAttention,
+    SparseAttentionDetails,
+    normalize_keys,
+)
 from srlib.models.edsr import (
     DIV2K_RGB_MEAN,
     MeanShift,
@@ -116,10 +120,10 @@ from srlib.models.registry import check_lr_batch, check_scale, register_model
 
 __all__ = [
     "ATTENTION_KINDS",
-    "DenseMatchAttention",
     "NLSN",
     "NLSN_OFFICIAL_OPTIONS",
     "NLSN_SCALES",
+    "DenseMatchAttention",
     "attention_positions",
 ]
 
@@ -211,14 +215,12 @@ class DenseMatchAttention(NonLocalSparseAttention):
     def forward(self, x: torch.Tensor, generator=None, return_details: bool = False) -> torch.Tensor:
         if return_details:
             raise ValueError("dense attention has no bucket details; build the model with attention='sparse'")
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects a (N, {self.channels}, H, W) feature map, got {shape}")
+        match, assembly = self.embed(x)  # (N, C_e, H, W), (N, C, H, W)
         n, _, height, width = x.shape
-        match = self.match_embedding(x).flatten(2).transpose(1, 2)  # (N, L, C_e): queries
-        keys = match / match.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)  # (N, L, C_e), unit keys
-        values = self.assembly_embedding(x).flatten(2).transpose(1, 2)  # (N, L, C)
-        attended = non_local_attention(match, keys, values, implementation="fused")  # (N, L, C)
+        queries = match.flatten(2).transpose(1, 2)  # (N, L, C_e)
+        keys = normalize_keys(queries)  # (N, L, C_e), unit keys
+        values = assembly.flatten(2).transpose(1, 2)  # (N, L, C)
+        attended = non_local_attention(queries, keys, values, implementation="fused")  # (N, L, C)
         attended = attended.transpose(1, 2).reshape(n, self.channels, height, width)  # (N, C, H, W)
         return x + self.res_scale * attended
 
