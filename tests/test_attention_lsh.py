@@ -149,6 +149,20 @@ def test_spherical_hash_matches_the_literal_rule():
     assert int(codes.min()) >= 0 and int(codes.max()) < 6
 
 
+def test_spherical_hash_breaks_ties_like_the_first_maximum_of_the_concatenation():
+    # Integer vectors and rotations make exact ties common: between two "+" directions, between
+    # two "-" directions, and between a "+" and a "-" one (max(xR) == -min(xR)).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-2, 3, (2, 400, 3), generator=g).double()
+    rotations = torch.randint(-1, 2, (3, 2, 4), generator=g).double()  # (D, R, b/2), b = 8
+    projections = torch.einsum("nld,drk->nrlk", x, rotations)
+    literal = torch.cat([projections, -projections], dim=-1).argmax(dim=-1)  # first maximum
+    tie_between_halves = projections.amax(-1) == -projections.amin(-1)
+    assert tie_between_halves.sum() > 50  # the case is really exercised
+    assert torch.equal(spherical_hash(x, rotations), literal)
+    assert spherical_hash(torch.tensor([[[1.0, -1.0]]]), torch.eye(2)[:, None, :]).item() == 0
+
+
 def test_spherical_hash_depends_on_direction_only_and_negation_swaps_the_halves():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 50, 8, generator=g)

@@ -124,3 +124,20 @@ def test_each_model_gets_its_own_preset_settings_and_tiled_validation(tmp_path):
     assert 0 < result["history"]["val_psnr"][-1] < 100
     # An explicit model_options override still wins over the preset.
     assert preset_config("smoke", model="csnln", model_options={"n_feats": 4}).model_options == {"n_feats": 4}
+
+
+def test_final_validation_on_a_reported_set_equals_an_independent_evaluation(tmp_path):
+    # When the validation set is scored in full by the report, its score is reused as the last
+    # validation PSNR; it must be exactly what a separate evaluation of the saved model gives.
+    from srlib.checkpoint import model_from_checkpoint
+    from srlib.evaluate import evaluate
+
+    config = _config(steps=3, checkpoint_every=0, max_train_images=2)
+    config.val_max_images = None  # every Set5 image, as the report scores them
+    result = train(config, tmp_path, progress=False)
+    payload = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert payload["history"]["val_step"] == [3]
+    reported = result["metrics"]["datasets"]["Set5"]["model"]["psnr"]
+    assert payload["history"]["val_psnr"] == [reported]
+    model = model_from_checkpoint(payload)
+    assert evaluate(model, ["Set5"], 2, progress=False)["Set5"]["psnr"] == pytest.approx(reported, abs=1e-9)

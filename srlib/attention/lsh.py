@@ -266,9 +266,19 @@ def spherical_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
             f"rotations have shape {tuple(rotations.shape)}"
         )
     rotations = rotations.to(device=x.device, dtype=x.dtype)
-    projections = torch.einsum("nld,drk->nrlk", x.detach(), rotations)  # (N, R, L, b/2), x . a_k
-    both_signs = torch.cat([projections, -projections], dim=-1)  # (N, R, L, b), +a_k then -a_k
-    return both_signs.argmax(dim=-1)  # (N, R, L)
+    # argmax over [x.a_1, ..., x.a_{b/2}, -x.a_1, ..., -x.a_{b/2}] without building that
+    # (N, L, b) tensor: the best "+" direction is the largest projection, the best "-" direction
+    # the smallest one; ties go to the "+" half, as the first maximum of the concatenation would.
+    # One round at a time keeps the peak at one (N, L, b/2) block of projections.
+    half = rotations.shape[2]
+    x = x.detach()
+    codes = []
+    for r in range(rotations.shape[1]):
+        projections = x @ rotations[:, r]  # (N, L, b/2), x . a_k
+        best_plus, plus_index = projections.max(dim=-1)
+        best_minus, minus_index = projections.min(dim=-1)
+        codes.append(torch.where(best_plus >= -best_minus, plus_index, minus_index + half))
+    return torch.stack(codes, dim=1)  # (N, R, L)
 
 
 def spherical_lsh(

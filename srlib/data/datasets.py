@@ -179,6 +179,8 @@ class TrainPatchDataset(Dataset):
             ``SRLIB_DATA`` and ``data/``; as in :func:`srlib.data.find_dataset`.
         cache: as in :class:`BenchmarkDataset`.
         max_images: use only the first ``max_images`` images of each dataset.
+        progress: show a bar while the images load (``None``: only on a terminal or in a
+            notebook, tqdm's default).
 
     Item ``i`` is ``(lr, hr)``: float32 RGB in [0, 1], shapes ``(3, p, p)`` and
     ``(3, scale*p, scale*p)``.
@@ -203,6 +205,7 @@ class TrainPatchDataset(Dataset):
         roots: RootsLike = None,
         cache: bool | LRCache = True,
         max_images: int | None = None,
+        progress: bool | None = None,
     ):
         self.names = (names,) if isinstance(names, str) else tuple(names)
         if not self.names:
@@ -234,7 +237,8 @@ class TrainPatchDataset(Dataset):
         self.paths: list[Path] = []
         too_small: list[str] = []
         smallest: tuple[int, int] | None = None
-        for path in tqdm(paths, desc="loading training images", unit="img", leave=False, disable=None):
+        for path in tqdm(paths, desc="loading training images", unit="img", leave=False,
+                         disable=None if progress is None else not progress):
             hr, lr = make_lr_pair(path, scale, "bicubic", cache_obj)
             height, width = lr.shape[-2:]
             if smallest is None or height * width < smallest[0] * smallest[1]:
