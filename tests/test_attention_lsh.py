@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from srlib.attention import lsh
 from srlib.attention.lsh import (
     bucket_count,
     combine_rounds,
@@ -149,12 +150,15 @@ def test_spherical_hash_matches_the_literal_rule():
     assert int(codes.min()) >= 0 and int(codes.max()) < 6
 
 
-def test_spherical_hash_breaks_ties_like_the_first_maximum_of_the_concatenation():
+@pytest.mark.parametrize("block", [None, 1, 6400])  # all 5 rounds at once; one at a time; groups of 2, 2, 1
+def test_spherical_hash_breaks_ties_like_the_first_maximum_of_the_concatenation(block, monkeypatch):
+    if block is not None:  # force rounds into small groups, as on a large map
+        monkeypatch.setattr(lsh, "_HASH_BLOCK_ELEMENTS", block)
     # Integer vectors and rotations make exact ties common: between two "+" directions, between
     # two "-" directions, and between a "+" and a "-" one (max(xR) == -min(xR)).
     g = torch.Generator().manual_seed(3)
     x = torch.randint(-2, 3, (2, 400, 3), generator=g).double()
-    rotations = torch.randint(-1, 2, (3, 2, 4), generator=g).double()  # (D, R, b/2), b = 8
+    rotations = torch.randint(-1, 2, (3, 5, 4), generator=g).double()  # (D, R, b/2), b = 8; N*L*b/2 = 3200
     projections = torch.einsum("nld,drk->nrlk", x, rotations)
     literal = torch.cat([projections, -projections], dim=-1).argmax(dim=-1)  # first maximum
     tie_between_halves = projections.amax(-1) == -projections.amin(-1)

@@ -238,6 +238,9 @@ def random_rotations(
 # ----------------------------------------------------------------------------------------------
 
 
+_HASH_BLOCK_ELEMENTS = 1 << 22  # projections computed at once by spherical_hash
+
+
 def spherical_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """Spherical LSH codes ``argmax(concat[x A_r, -x A_r])`` for every position and round.
 
@@ -269,16 +272,19 @@ def spherical_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     # argmax over [x.a_1, ..., x.a_{b/2}, -x.a_1, ..., -x.a_{b/2}] without building that
     # (N, L, b) tensor: the best "+" direction is the largest projection, the best "-" direction
     # the smallest one; ties go to the "+" half, as the first maximum of the concatenation would.
-    # One round at a time keeps the peak at one (N, L, b/2) block of projections.
+    # Rounds go in groups of at most about 4M projections, which bounds the peak on large maps
+    # and keeps many rounds of a small input (a collision experiment) vectorised.
     half = rotations.shape[2]
     x = x.detach()
+    per_round = max(x.shape[0] * x.shape[1] * half, 1)
+    group = max(1, min(rotations.shape[1], _HASH_BLOCK_ELEMENTS // per_round))
     codes = []
-    for r in range(rotations.shape[1]):
-        projections = x @ rotations[:, r]  # (N, L, b/2), x . a_k
+    for start in range(0, rotations.shape[1], group):
+        projections = torch.einsum("nld,drk->nrlk", x, rotations[:, start:start + group])  # (N, g, L, b/2)
         best_plus, plus_index = projections.max(dim=-1)
         best_minus, minus_index = projections.min(dim=-1)
         codes.append(torch.where(best_plus >= -best_minus, plus_index, minus_index + half))
-    return torch.stack(codes, dim=1)  # (N, R, L)
+    return torch.cat(codes, dim=1)  # (N, R, L)
 
 
 def spherical_lsh(
