@@ -464,7 +464,7 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
         "parameters", "train_seconds", "datasets": {name: {"model": {psnr, ssim,
         images}, "bicubic": {...}, "gain_db": float}}}``.
     """
-    from .data import BenchmarkDataset, to_float
+    from .data import BenchmarkDataset, to_float, to_uint8
     from .evaluate import evaluate, super_resolve
     from .metrics import psnr_y
     from .viz import comparison_figure, pick_crop, save_figure
@@ -496,7 +496,7 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
     images = {"HR": sample["hr"]}
     for name, net, on in (("bicubic", bicubic, torch.device("cpu")), (config.model, model, device)):
         sr = super_resolve(net, lr.to(on), tile=config.val_tile if net is model else None)[0].cpu()
-        images[name] = (sr * 255).add(0.5).floor().to(torch.uint8)
+        images[name] = to_uint8(sr)
     size = min(96, min(sample["hr"].shape[-2:]) // 2)
     top, left = pick_crop(sample["hr"], size=size)
     scores = {name: f"{psnr_y(img, sample['hr'], config.scale).item():.2f} dB"
