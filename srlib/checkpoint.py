@@ -9,7 +9,8 @@ A checkpoint is a plain ``dict`` saved with ``torch.save``::
         "model_options": {"n_feats": 64, ...},   # build_model(model_name, scale, **model_options)
         "model_state": model.state_dict(),
         # optional: "optimizer_state", "scheduler_state", "step", "rng_state",
-        #           "config", "history", "metrics"
+        #           "config", "history", "metrics",
+        #           "plugins": ["/abs/path/my_attention.py", ...]  # files that register the model
     }
 
 Because it holds only tensors, numbers, strings, lists and dicts, it loads with
@@ -17,6 +18,13 @@ Because it holds only tensors, numbers, strings, lists and dicts, it loads with
 Python objects (unpickling can execute code, so never load untrusted files any
 other way).  :func:`save_checkpoint` checks this before writing and writes
 atomically, so an interrupted save never destroys the previous checkpoint.
+
+A model (or an attention inside it) registered by a plugin file
+(:mod:`srlib.plugins`) is rebuilt by importing that file again:
+:func:`model_from_checkpoint` loads the files listed under ``"plugins"`` before
+building the model.  Those files are Python code that runs when imported, so
+the weights-only guarantee above covers the checkpoint itself, not the plugin
+files it names: only load checkpoints, and keep plugin files, you trust.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import torch
 from torch import nn
 
 from srlib.models import build_model
+from srlib.models.registry import upgrade_checkpoint
+from srlib.plugins import PluginError, load_plugins
 from srlib.utils import atomic_write
 
 __all__ = [
@@ -249,8 +259,17 @@ def model_from_checkpoint(
         The model in eval mode, with ``model_name``, ``scale`` and ``options``
         from the checkpoint.
 
+    The plugin files the checkpoint records (``"plugins"``, written by ``srlib
+    train --plugin``) are loaded first (each once per process, see
+    :func:`srlib.plugins.load_plugins`).  A recorded file that no longer exists
+    is only an error when the model cannot be built without it, so a copy
+    loaded beforehand from another place (``--plugin``, ``SRLIB_PLUGINS``)
+    stands in for it.
+
     Raises:
-        CheckpointError: the file cannot be read (see :func:`load_checkpoint`).
+        CheckpointError: the file cannot be read (see :func:`load_checkpoint`);
+            a plugin file it records fails to import, or is missing while the
+            model needs it (the message names the file and what to do).
         CheckpointMismatchError: the checkpoint holds another model or scale
             than expected (the message says what it holds and what to do);
             its options cannot be built by this srlib version; or its weights
@@ -274,14 +293,53 @@ def model_from_checkpoint(
             f"{source} holds {name} x{scale} but x{expected_scale} was requested: "
             f"train a x{expected_scale} model or pass --scale {scale}"
         )
+    state = payload["model_state"]
+    missing_plugins = _load_recorded_plugins(payload, source)
     try:
+        # Checkpoints of an older layout (e.g. before the attention registry) are mapped onto
+        # today's by the function the model registered (see srlib.models.register_model).
+        options, state = upgrade_checkpoint(name, options, state)
         model = build_model(name, scale, **options)
     except (TypeError, ValueError) as err:
+        if missing_plugins:
+            listed = ", ".join(missing_plugins)
+            raise CheckpointError(
+                f"{source} was trained with the plugin {listed}, which no longer exists, and {name} x{scale} "
+                f"cannot be built without it ({err}); put the file back, or load a copy first "
+                "(--plugin FILE.py, SRLIB_PLUGINS, or srlib.plugins.load_plugins)"
+            ) from err
         raise CheckpointMismatchError(f"{source} holds {name} x{scale} that this srlib cannot build: {err}") from err
-    _load_state_strictly(model, payload["model_state"], source)
+    _load_state_strictly(model, state, source)
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def _recorded_plugins(payload: Mapping[str, Any], source: str) -> list[str]:
+    """The plugin files a payload records (``"plugins"``, else ``config["plugins"]``)."""
+    recorded = payload.get("plugins")
+    if recorded is None and isinstance(payload.get("config"), Mapping):
+        recorded = payload["config"].get("plugins")
+    if recorded is None:
+        return []
+    if isinstance(recorded, str) or not all(isinstance(p, str) for p in recorded):
+        raise CheckpointError(f"{source} has a malformed 'plugins' entry {recorded!r}; expected a list of file paths")
+    return list(recorded)
+
+
+def _load_recorded_plugins(payload: Mapping[str, Any], source: str) -> list[str]:
+    """Load the plugins a checkpoint records; returns those whose file is missing (and not loaded already)."""
+    missing = []
+    for path in _recorded_plugins(payload, source):
+        try:
+            load_plugins([path])
+        except PluginError as err:
+            if Path(path).expanduser().exists():
+                raise CheckpointError(
+                    f"{source} was trained with the plugin {path}, which cannot be loaded: {err}"
+                ) from err
+            missing.append(path)
+    return missing
 
 
 def _load_state_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

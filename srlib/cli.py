@@ -4,11 +4,14 @@ Sub-commands::
 
     srlib data     [--data-root DIR] [--download NAME --root DIR]
     srlib eval     (--model bicubic | --checkpoint PATH) --scale S --dataset NAME [--dataset NAME ...] [--json FILE]
-    srlib train    --preset quick|full --model NAME --scale S --out DIR [--resume]
-    srlib upscale  IMAGE (--checkpoint PATH | --model bicubic --scale S) -o OUT.png
+                   [--plugin FILE.py ...]
+    srlib train    --preset quick|full --model NAME --scale S --out DIR [--resume] [--val-tile PX]
+                   [--plugin FILE.py ...]
+    srlib upscale  IMAGE (--checkpoint PATH | --model bicubic --scale S) -o OUT.png [--plugin FILE.py ...]
     srlib models   [--scale S] [--option KEY=VALUE ...]
     srlib export   CHECKPOINT -o SLIM.pt [--half]
-    srlib bench    attention [--quick] [--cases NAME ...] [--sizes S ...] [--sweep S ...] [--out DIR]
+    srlib convert  official-csnln|official-nlsn FILE -o OUT.pt [--scale S]
+    srlib bench    attention [--quick] [--case NAME ...] [--module FILE.py:Class ...] [--sizes S ...] [--sweep S ...] [--out DIR]
 
 Every error that comes from bad input (a missing dataset, a checkpoint of
 another model or scale, a corrupt image) is printed as one line starting with
@@ -74,10 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images of each set")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_data_root(p)
+    _add_plugin(p)
 
     p = sub.add_parser("train", help="train a model; writes checkpoint.pt, metrics.json, comparison.png")
     p.add_argument("--preset", default="quick", choices=["quick", "full", "smoke"], help="training budget")
-    p.add_argument("--model", default="edsr_baseline", choices=[m for m in available_models() if m != "bicubic"])
+    # No argparse choices: a plugin (--plugin, loaded after parsing) may register the model; the
+    # name is checked once the plugins are loaded (srlib.train.preset_config).
+    p.add_argument("--model", default="edsr_baseline", metavar="NAME",
+                   help=f"registered model: {', '.join(m for m in available_models() if m != 'bicubic')}, "
+                        "or one a --plugin file registers (default edsr_baseline)")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -90,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. --option n_feats=48 (repeatable)")
+    p.add_argument("--val-tile", type=int, default=None, metavar="PX",
+                   help="validate and score the final report in LR tiles of at most PX "
+                        "(default: the model's preset; 0: whole images)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_data_root(p)
+    _add_plugin(p)
 
     p = sub.add_parser("models", help="registered models with their parameters and FLOPs per LR size")
     p.add_argument("--scale", type=int, action="append", default=None, help="repeatable (default: 2, 3, 4)")
@@ -112,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite OUT.png if it exists")
+    _add_plugin(p)
 
     p = sub.add_parser("export", help="write a slim copy of a training checkpoint (no optimizer state) for sharing")
     p.add_argument("checkpoint", help="a checkpoint.pt written by `srlib train`")
@@ -119,14 +132,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     p.add_argument("--force", action="store_true", help="overwrite SLIM.pt if it exists")
 
-    from .bench import add_attention_arguments
+    p = sub.add_parser("convert", help="turn the authors' released CSNLN / NLSN weights into an srlib checkpoint")
+    p.add_argument("layout", choices=["official-csnln", "official-nlsn"], help="which official code saved FILE")
+    p.add_argument("file", metavar="FILE", help="the released state dict, e.g. model_x2.pt")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pt")
+    p.add_argument("--scale", type=int, default=None, help="checked against the weights (inferred when left out)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT.pt if it exists")
 
     p = sub.add_parser("bench", help="benchmarks: forward time and peak memory of the attention modules")
     benchmarks = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     add_attention_arguments(benchmarks.add_parser(
-        "attention", help="time (ms) and peak memory (MiB) of dense, region, sparse and cross-scale attention; "
+        "attention", help="time (ms) and peak memory (MiB) of every registered attention (and --module classes); "
                           "writes attention_bench.json and attention_bench.png"))
     return parser
+
+
+def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``srlib bench attention`` to an ``argparse`` parser (see :func:`attention_command`)."""
+    from .bench import (
+        CALIBRATION_CASES,
+        DEFAULT_REPEATS,
+        DEFAULT_SIZES,
+        DEFAULT_SWEEP_SIZES,
+        DEFAULT_WARMUP,
+        attention_cases,
+    )
+
+    parser.add_argument("--case", action="append", default=None, metavar="NAME",
+                        help=f"a case to measure (repeatable; default: every registered case): "
+                             f"{', '.join(attention_cases())}; calibration: {', '.join(CALIBRATION_CASES)}")
+    parser.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="deprecated: use --case NAME (repeatable)")
+    parser.add_argument("--module", action="append", default=None, metavar="FILE.py:Class",
+                        help="also measure a module class that is not part of srlib (FILE.py:Class or "
+                             "package.module:Class, built as Class(channels)); repeatable")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None, metavar="S",
+                        help=f"map sides S of the table (default {' '.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--sweep", nargs="*", type=int, default=None, metavar="S",
+                        help=f"map sides of the scaling plot (default {' '.join(map(str, DEFAULT_SWEEP_SIZES))}; "
+                             "none: no sweep)")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed passes, median reported (default {DEFAULT_REPEATS})")
+    parser.add_argument("--warmup", type=int, default=None, help=f"untimed passes first (default {DEFAULT_WARMUP})")
+    parser.add_argument("--channels", type=int, default=64, help="channels C of the (1, C, S, S) input (default 64)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--region-grid", nargs=2, type=int, default=None, metavar=("ROWS", "COLS"),
+                        help="grid of the attentions with a regions option (default: as registered, 2 2)")
+    parser.add_argument("--max-attention-bytes", type=float, default=None, metavar="BYTES",
+                        help="memory-guard limit of the guarded attentions (default: half the free memory; inf: off)")
+    parser.add_argument("--timeout", type=float, default=1800.0, metavar="SEC",
+                        help="CPU: stop one measurement after SEC seconds (default 1800)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
+    parser.add_argument("--out", default=".", metavar="DIR",
+                        help="folder for attention_bench.json and attention_bench.png (default: .)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: checks that it runs, nothing more")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _parse_option(text: str):
@@ -140,10 +199,29 @@ def _parse_option(text: str):
     return key.strip(), parsed
 
 
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="FILE.py",
+        help="Python file registering attention modules or models, loaded first (repeatable; "
+             "also $SRLIB_PLUGINS, os.pathsep-separated)",
+    )
+
+
+def _plugins(args) -> list[str]:
+    """Load the plugin files of ``$SRLIB_PLUGINS``, then of ``--plugin``; returns their absolute paths."""
+    from .plugins import load_plugins, plugins_from_environment
+
+    return load_plugins([*plugins_from_environment(), *(args.plugin or [])])
+
+
 def _load_model(args, device):
     from .checkpoint import model_from_checkpoint
     from .models import build_model
 
+    _plugins(args)  # before the checkpoint: a copy of a moved plugin file stands in for the recorded one
     if args.checkpoint:
         return model_from_checkpoint(args.checkpoint, expected_scale=args.scale, device=device)
     if args.scale is None:
@@ -209,12 +287,17 @@ def _cmd_train(args) -> int:
     from .train import preset_config, train
 
     options = dict(_parse_option(o) for o in args.option)
+    if args.val_tile is not None and args.val_tile < 0:
+        raise ValueError(f"--val-tile must be a number of LR pixels > 0, or 0 for whole images; got {args.val_tile}")
     overrides = dict(
         model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size, lr_patch=args.lr_patch,
         learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, data_roots=_roots(args),
+        device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None,
+        plugins=_plugins(args) or None,  # loaded before the model name is checked; recorded in the checkpoint
     )
     config = preset_config(args.preset, **overrides)
+    if args.val_tile == 0:
+        config.val_tile = None  # whole images, even where the model's preset tiles
     if options:
         config.model_options = {**config.model_options, **options}
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
@@ -294,9 +377,49 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from .bench import attention_command
+def attention_command(args) -> int:
+    """Run ``srlib bench attention`` from parsed arguments: measure, print the table, write the files; returns 0.
 
+    ``--case`` and the deprecated ``--cases`` add up (a note on stderr for the
+    latter); neither given: every registered case.
+
+    Raises:
+        ValueError, RuntimeError: bad arguments (see :func:`srlib.bench.run_attention_benchmark`),
+            or ``--out`` naming a file (checked before measuring).
+    """
+    from .bench import format_attention_report, run_attention_benchmark, save_attention_benchmark
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder for the benchmark outputs")
+    if args.cases:
+        print("note: --cases NAME ... is deprecated; use --case NAME (repeatable)", file=sys.stderr)
+    cases = [*(args.case or []), *(args.cases or [])] or None
+    result = run_attention_benchmark(
+        cases=cases, sizes=args.sizes, sweep_sizes=args.sweep, modules=args.module, channels=args.channels,
+        repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
+        region_grid=None if args.region_grid is None else tuple(args.region_grid),
+        max_attention_bytes=args.max_attention_bytes, seed=args.seed, timeout_s=args.timeout,
+        quick=True if args.quick else None, progress=not args.no_progress,
+    )
+    print(format_attention_report(result))
+    paths = save_attention_benchmark(result, out)
+    print(f"\nwrote {paths['json']} and {paths['png']}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .convert import convert_official_checkpoint
+
+    if Path(args.output).exists() and not args.force:
+        raise ValueError(f"{args.output} already exists; pass --force to overwrite it or choose another name")
+    report = convert_official_checkpoint(args.layout, args.file, args.output, scale=args.scale)
+    print(f"wrote {report['path']}: {report['model_name']} x{report['scale']}, {report['tensors']} tensors from "
+          f"{args.file} (rgb_range {report['rgb_range']}; dropped {', '.join(report['dropped'])})")
+    return 0
+
+
+def _cmd_bench(args) -> int:
     return attention_command(args)
 
 
@@ -305,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"data": _cmd_data, "eval": _cmd_eval, "train": _cmd_train, "upscale": _cmd_upscale,
-                "models": _cmd_models, "export": _cmd_export, "bench": _cmd_bench}
+                "models": _cmd_models, "export": _cmd_export, "bench": _cmd_bench,
+                "convert": _cmd_convert}
     from .checkpoint import CheckpointError
     from .data import DatasetNotFoundError, ImageReadError
     from .train import TrainingError

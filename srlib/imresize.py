@@ -161,9 +161,10 @@ def imresize(
 
     Args:
         image: tensor of shape ``(..., H, W)``, e.g. ``(N, C, H, W)`` or
-            ``(C, H, W)``, on any device.  ``uint8`` (values 0-255) is treated
-            like MATLAB's uint8: each 1-D pass is rounded and saturated, and the
-            result is ``uint8``.  Floating input (any range, e.g. float32 RGB in
+            ``(C, H, W)``, on any device.  ``uint8`` (values 0-255) is resized
+            in float64 and rounded (half away from zero) and saturated once, at
+            the end, giving ``uint8`` (``round_each_pass=True``: after each 1-D
+            pass, as MATLAB's in-memory uint8 does).  Floating input (any range, e.g. float32 RGB in
             [0, 1]) is resized in float64 and returned in its own dtype, not
             clamped.
         scale: resize factor (``0.5`` halves, ``2`` doubles) or a pair

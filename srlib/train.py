@@ -10,6 +10,10 @@ minutes on a laptop CPU:
 * ``full`` preset: the standard EDSR-baseline size for a GPU budget;
 * ``smoke`` preset: a few steps, for tests and notebooks in quick mode.
 
+``PRESETS`` holds the settings every model shares; each model declares its own
+per preset (architecture size, patch size, validation tiles) when it registers
+(``@register_model(name, presets=...)``), so this module names no model.
+
 Everything a run needs to continue is in ``<out>/checkpoint.pt`` (model,
 optimizer, scheduler, step, RNG states, configuration, loss history), written
 atomically every ``checkpoint_every`` steps, at the end, and when the run is
@@ -20,6 +24,7 @@ a resumed run sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -34,11 +39,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .models import build_model, count_parameters
+from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from .models import available_models, build_model, count_parameters
+from .models.registry import model_presets
+from .plugins import load_plugins
 from .utils import atomic_write, pick_device
 
-__all__ = ["TrainConfig", "PRESETS", "MODEL_PRESETS", "preset_config", "train", "TrainingError"]
+__all__ = ["TrainConfig", "PRESETS", "preset_config", "train", "TrainingError", "write_run_report"]
 
 
 class TrainingError(RuntimeError):
@@ -81,6 +88,10 @@ class TrainConfig:
             (about 25% per step on a 2-core CPU for the quick preset).
         max_train_images: use only the first N training images (``None``: all).
         data_roots: extra dataset roots searched before ``SRLIB_DATA`` and ``data/``.
+        plugins: plugin files (absolute paths) that register the model or its
+            attention (see :mod:`srlib.plugins`); loaded before the model is
+            built and recorded in the checkpoint (``"plugins"``), so that
+            :func:`srlib.checkpoint.model_from_checkpoint` loads them again.
     """
 
     model: str = "edsr_baseline"
@@ -108,6 +119,7 @@ class TrainConfig:
     channels_last: bool = True
     max_train_images: int | None = None
     data_roots: list | None = None
+    plugins: list | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly dictionary (tuples become lists)."""
@@ -128,8 +140,10 @@ class TrainConfig:
         return cls(**d)
 
 
-# Presets: settings shared by every model, then per-model settings (architecture size and
-# anything the model needs, such as tiled validation for attention models).
+# Presets: the settings shared by every model.  Each model adds its own settings per preset
+# (architecture size, and anything it needs such as tiled validation for attention models) when
+# it registers: ``@register_model(name, presets={...})``, read with
+# ``srlib.models.registry.model_presets(name, preset)``.
 # "quick" was sized on a 2-core CPU for edsr_baseline (README: +2.40 dB on Set5 x2 in 7 min).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
@@ -162,50 +176,43 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# Per-model settings of each preset.  A model missing here trains with its builder's defaults.
-# The csnln entries are provisional: they keep validation within memory (tiles) and a step
-# affordable on a CPU (24-pixel LR patches), but their budget has not been tuned yet.
-MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {
-        "edsr_baseline": dict(model_options=dict(n_feats=32, n_blocks=4)),
-        "csnln": dict(model_options=dict(n_feats=32, depth=4), lr_patch=24, val_tile=48),
-        "nlsn": dict(model_options=dict(n_feats=32, n_blocks=8, attention_every=4)),
-    },
-    "full": {
-        "edsr_baseline": dict(model_options=dict(n_feats=64, n_blocks=16)),
-        "csnln": dict(model_options=dict(n_feats=64, depth=6), val_tile=64),
-        "nlsn": dict(model_options=dict(n_feats=64, n_blocks=16, attention_every=4)),
-    },
-    "smoke": {
-        "edsr_baseline": dict(model_options=dict(n_feats=16, n_blocks=2)),
-        "csnln": dict(model_options=dict(n_feats=8, depth=1), val_tile=32),
-        # NLSA runs on whole validation images (its cost is linear in their size), so the smoke
-        # run scores Set5 only.
-        "nlsn": dict(model_options=dict(n_feats=16, n_blocks=2, attention_every=2, n_rounds=1), final_sets=("Set5",)),
-    },
-}
-
 
 def preset_config(preset: str, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a named preset with some fields replaced.
 
-    The preset's shared settings come first, then its settings for the chosen
-    model (``MODEL_PRESETS``; e.g. the architecture size), then ``overrides``.
+    The preset's shared settings (``PRESETS``) come first, then the settings the
+    chosen model registered for that preset (``presets=`` of
+    :func:`srlib.models.register_model`, read with
+    :func:`srlib.models.registry.model_presets`; e.g. the architecture size),
+    then ``overrides``.
 
     Args:
         preset: ``"quick"``, ``"full"`` or ``"smoke"``.
         **overrides: any :class:`TrainConfig` field (``model`` picks the per-model
             settings; default ``"edsr_baseline"``); ``None`` values are ignored so
-            that unset command-line options keep the preset's value.
+            that unset command-line options keep the preset's value.  The files
+            in ``plugins`` are loaded first, so a model registered by a plugin
+            gets its own presets.
 
     Raises:
-        TrainingError: unknown preset or field.
+        TrainingError: unknown preset, field or model.
+        srlib.plugins.PluginError: a plugin file is missing or fails to import.
     """
     if preset not in PRESETS:
         raise TrainingError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("plugins"):
+        given["plugins"] = load_plugins(given["plugins"])
     model = given.get("model", TrainConfig.model)
-    values = {**PRESETS[preset], **MODEL_PRESETS[preset].get(model, {}), **given}
+    try:
+        own = model_presets(model, preset)
+    except ValueError:
+        raise TrainingError(
+            f"unknown model {model!r}; available models: {', '.join(available_models())} "
+            "(a model registered by a plugin needs its file: plugins=[...], --plugin FILE.py or SRLIB_PLUGINS)"
+        ) from None
+    # Deep copies: a config edited in place must never change a registration or PRESETS.
+    values = copy.deepcopy({**PRESETS[preset], **own, **given})
     return TrainConfig.from_dict(values)
 
 
@@ -255,6 +262,218 @@ def _check_resume_compatible(saved: dict, config: TrainConfig, path: Path) -> No
             )
 
 
+def _empty_history() -> dict[str, list]:
+    return {"step": [], "loss": [], "val_step": [], "val_psnr": []}
+
+
+@dataclass
+class _Run:
+    """The state of one training run, shared by the helpers of :func:`train`."""
+
+    config: TrainConfig
+    out: Path
+    ckpt_path: Path
+    device: torch.device
+    model: torch.nn.Module
+    memory_format: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    dataset: Any = None
+    steps_per_epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    history: dict[str, list] = field(default_factory=_empty_history)
+
+
+def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progress: bool) -> _Run:
+    """Check the settings, load the plugins, build model, optimiser and scheduler; resume; open the data."""
+    from .data import TrainPatchDataset  # local import keeps `import srlib.train` light
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    if config.steps < 1:
+        raise TrainingError(f"steps must be >= 1, got {config.steps}")
+    if config.model == "bicubic":
+        raise TrainingError("the bicubic model has no parameters to train; choose e.g. --model edsr_baseline")
+    steps_per_epoch = config.samples_per_epoch // config.batch_size
+    if steps_per_epoch < 1:
+        raise TrainingError(
+            f"samples_per_epoch ({config.samples_per_epoch}) must be at least batch_size ({config.batch_size})"
+        )
+    if config.val_tile is not None and (not isinstance(config.val_tile, int) or isinstance(config.val_tile, bool)
+                                        or config.val_tile < 1):
+        # Checked now rather than at the first validation, after minutes of training.
+        raise TrainingError(f"val_tile must be a positive number of LR pixels or None (whole images), "
+                            f"got {config.val_tile!r}")
+    if ckpt_path.exists() and not resume:
+        raise TrainingError(
+            f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out"
+        )
+    if resume and not ckpt_path.exists():
+        raise TrainingError(f"--resume was given but {ckpt_path} does not exist; start a run without --resume")
+    if config.plugins:
+        # Recorded as absolute paths, so that the checkpoint loads them from anywhere.
+        config = dataclasses.replace(config, plugins=load_plugins(config.plugins))
+    if config.model not in available_models():
+        raise TrainingError(
+            f"unknown model {config.model!r}; available models: {', '.join(available_models())} "
+            "(a model registered by a plugin needs its file in TrainConfig.plugins / --plugin FILE.py)"
+        )
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.scale, **config.model_options).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _learning_rate_factor(config, s))
+    run = _Run(config=config, out=out, ckpt_path=ckpt_path, device=device, model=model,
+               memory_format=memory_format, optimizer=optimizer, scheduler=scheduler,
+               steps_per_epoch=steps_per_epoch)
+    if resume:
+        _resume(run)
+    # Built after the RNG state is restored, as in the uninterrupted run (the patches
+    # themselves are a pure function of (seed, epoch, index)).
+    run.dataset = TrainPatchDataset(
+        names=tuple(config.train_sets),
+        scale=config.scale,
+        lr_patch=config.lr_patch,
+        samples_per_epoch=config.samples_per_epoch,
+        augment=True,
+        seed=config.seed,
+        roots=config.data_roots,
+        max_images=config.max_train_images,
+        progress=progress,
+    )
+    return run
+
+
+def _resume(run: _Run) -> None:
+    """Restore weights, optimiser, scheduler, step, history, time and RNG state from ``run.ckpt_path``."""
+    payload = load_checkpoint(run.ckpt_path, map_location=run.device)
+    _check_resume_compatible(payload.get("config", {}), run.config, run.ckpt_path)
+    run.model.load_state_dict(payload["model_state"])
+    run.optimizer.load_state_dict(payload["optimizer_state"])
+    run.scheduler.load_state_dict(payload["scheduler_state"])
+    run.step = int(payload["step"])
+    run.history = {k: list(v) for k, v in payload.get("history", run.history).items()}
+    run.train_seconds = float(payload.get("train_seconds", 0.0))
+    _set_rng_state(payload.get("rng_state", {}), run.device)
+
+
+def _save(run: _Run) -> None:
+    """Write ``checkpoint.pt`` atomically: the model's payload plus everything a resumed run needs."""
+    payload = checkpoint_payload(
+        run.model,
+        optimizer_state=run.optimizer.state_dict(),
+        scheduler_state=run.scheduler.state_dict(),
+        step=run.step,
+        train_seconds=run.train_seconds,
+        rng_state=_rng_state(run.device),
+        config=run.config.to_dict(),
+        history=run.history,
+        plugins=list(run.config.plugins or []),
+    )
+    save_checkpoint(run.ckpt_path, payload)
+
+
+def _validate(run: _Run) -> float:
+    """PSNR of the model on ``config.val_set``; leaves the model in training mode."""
+    from .evaluate import evaluate
+
+    config = run.config
+    scores = evaluate(
+        run.model, [config.val_set], config.scale, roots=config.data_roots, device=run.device,
+        progress=False, max_images=config.val_max_images, tile=config.val_tile,
+    )
+    run.model.train()
+    return scores[config.val_set]["psnr"]
+
+
+def _train_step(run: _Run, lr_patch: torch.Tensor, hr_patch: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One optimiser step on a batch; returns the loss and the seconds it took (added to ``train_seconds``)."""
+    tick = time.perf_counter()
+    device, memory_format = run.device, run.memory_format
+    use_bf16 = run.config.bf16 and device.type == "cuda"
+    lr_patch = lr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, p, p)
+    hr_patch = hr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, s*p, s*p)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        sr_patch = run.model(lr_patch)
+    loss = F.l1_loss(sr_patch.float(), hr_patch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    elapsed = time.perf_counter() - tick
+    run.train_seconds += elapsed
+    return loss.detach(), elapsed
+
+
+def _train_until(run: _Run, last_step: int, bar) -> None:
+    """Steps until ``last_step``, logging the loss, validating and checkpointing on schedule."""
+    config = run.config
+    run.model.train()
+    loss_sum, loss_count = 0.0, 0
+    val_psnr = run.history["val_psnr"][-1] if run.history["val_psnr"] else float("nan")
+    while run.step < last_step:
+        epoch, offset = divmod(run.step, run.steps_per_epoch)
+        run.dataset.set_epoch(epoch)
+        loader = DataLoader(
+            run.dataset,
+            batch_size=config.batch_size,
+            sampler=_OffsetSampler(offset * config.batch_size, run.steps_per_epoch * config.batch_size),
+            num_workers=config.num_workers,
+            drop_last=True,
+            pin_memory=run.device.type == "cuda",
+        )
+        for lr_patch, hr_patch in loader:
+            loss, elapsed = _train_step(run, lr_patch, hr_patch)
+            step = run.step
+            loss_value = loss.item()
+            loss_sum += loss_value
+            loss_count += 1
+            if step % config.log_every == 0 or step == last_step:
+                run.history["step"].append(step)
+                run.history["loss"].append(loss_sum / loss_count)
+                loss_sum, loss_count = 0.0, 0
+            if config.val_every and step % config.val_every == 0 and step < config.steps:
+                val_psnr = _validate(run)
+                run.history["val_step"].append(step)
+                run.history["val_psnr"].append(val_psnr)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                _save(run)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{config.batch_size / max(elapsed, 1e-9):.0f}",
+                            val_psnr=f"{val_psnr:.2f}")
+            if step >= last_step:
+                break
+
+
+def _finish(run: _Run, write_report: bool, progress: bool) -> dict:
+    """Final validation, checkpoint and (for a finished run) ``metrics.json`` / ``comparison.png``."""
+    config, history = run.config, run.history
+    result: dict[str, Any] = {"step": run.step, "history": history, "checkpoint": str(run.ckpt_path),
+                              "train_seconds": run.train_seconds}
+    finished = run.step >= config.steps
+    # The report scores every image of config.final_sets; when the validation set is one of
+    # them, its score is the final validation PSNR (no second pass over the same images).
+    reuse_report = (finished and write_report and config.val_set in config.final_sets
+                    and config.val_max_images is None)
+    if finished and not reuse_report:
+        history["val_step"].append(run.step)
+        history["val_psnr"].append(_validate(run))
+    _save(run)
+    if finished and write_report:
+        result["metrics"] = write_run_report(run.model, config, run.out, run.train_seconds, progress=progress)
+        if reuse_report:
+            history["val_step"].append(run.step)
+            history["val_psnr"].append(result["metrics"]["datasets"][config.val_set]["model"]["psnr"])
+            _save(run)
+    return result
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -282,170 +501,27 @@ def train(
         ``"train_seconds"`` and, when written, ``"metrics"``.
 
     Raises:
-        TrainingError: bad settings, a checkpoint already in ``out_dir`` without
-            ``resume``, or a checkpoint that does not match the settings.
+        TrainingError: bad settings, an unknown model, a checkpoint already in
+            ``out_dir`` without ``resume``, or a checkpoint that does not match
+            the settings.
+        srlib.plugins.PluginError: a file of ``config.plugins`` is missing or fails to import.
         srlib.data.DatasetNotFoundError: a training or validation set is missing.
     """
-    from .data import TrainPatchDataset  # local import keeps `import srlib.train` light
-    from .evaluate import evaluate
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    if config.steps < 1:
-        raise TrainingError(f"steps must be >= 1, got {config.steps}")
-    if config.model == "bicubic":
-        raise TrainingError("the bicubic model has no parameters to train; choose e.g. --model edsr_baseline")
-
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, config.scale, **config.model_options).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _learning_rate_factor(config, s))
-    history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_psnr": []}
-    step = 0
-    train_seconds = 0.0
-
-    if ckpt_path.exists() and not resume:
-        raise TrainingError(
-            f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out"
-        )
-    if resume:
-        if not ckpt_path.exists():
-            raise TrainingError(f"--resume was given but {ckpt_path} does not exist; start a run without --resume")
-        payload = load_checkpoint(ckpt_path, map_location=device)
-        saved_config = payload.get("config", {})
-        _check_resume_compatible(saved_config, config, ckpt_path)
-        model.load_state_dict(payload["model_state"])
-        optimizer.load_state_dict(payload["optimizer_state"])
-        scheduler.load_state_dict(payload["scheduler_state"])
-        step = int(payload["step"])
-        history = {k: list(v) for k, v in payload.get("history", history).items()}
-        train_seconds = float(payload.get("train_seconds", 0.0))
-        _set_rng_state(payload.get("rng_state", {}), device)
-
-    dataset = TrainPatchDataset(
-        names=tuple(config.train_sets),
-        scale=config.scale,
-        lr_patch=config.lr_patch,
-        samples_per_epoch=config.samples_per_epoch,
-        augment=True,
-        seed=config.seed,
-        roots=config.data_roots,
-        max_images=config.max_train_images,
-        progress=progress,
-    )
-    steps_per_epoch = config.samples_per_epoch // config.batch_size
-    if steps_per_epoch < 1:
-        raise TrainingError(
-            f"samples_per_epoch ({config.samples_per_epoch}) must be at least batch_size ({config.batch_size})"
-        )
-
-    def save(current_step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "format": "srlib-checkpoint-v1",
-                "model_name": config.model,
-                "scale": config.scale,
-                "model_options": dict(model.options),
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "step": current_step,
-                "train_seconds": train_seconds,
-                "rng_state": _rng_state(device),
-                "config": config.to_dict(),
-                "history": history,
-            },
-        )
-
-    def validate() -> float:
-        scores = evaluate(
-            model, [config.val_set], config.scale, roots=config.data_roots, device=device,
-            progress=False, max_images=config.val_max_images, tile=config.val_tile,
-        )
-        model.train()
-        return scores[config.val_set]["psnr"]
-
-    last_step = config.steps if stop_after is None else min(stop_after, config.steps)
-    use_bf16 = config.bf16 and device.type == "cuda"
-    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.model} x{config.scale}",
+    run = _setup(config, out_dir, resume, progress)
+    last_step = run.config.steps if stop_after is None else min(stop_after, run.config.steps)
+    bar = tqdm(total=run.config.steps, initial=run.step, desc=f"train {run.config.model} x{run.config.scale}",
                disable=not progress, unit="step", dynamic_ncols=True)
-    model.train()
-    loss_sum, loss_count = 0.0, 0
-    val_psnr = history["val_psnr"][-1] if history["val_psnr"] else float("nan")
     try:
-        while step < last_step:
-            epoch, offset = divmod(step, steps_per_epoch)
-            dataset.set_epoch(epoch)
-            loader = DataLoader(
-                dataset,
-                batch_size=config.batch_size,
-                sampler=_OffsetSampler(offset * config.batch_size, steps_per_epoch * config.batch_size),
-                num_workers=config.num_workers,
-                drop_last=True,
-                pin_memory=device.type == "cuda",
-            )
-            for lr_patch, hr_patch in loader:
-                tick = time.perf_counter()
-                lr_patch = lr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, p, p)
-                hr_patch = hr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, s*p, s*p)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    sr_patch = model(lr_patch)
-                loss = F.l1_loss(sr_patch.float(), hr_patch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                elapsed = time.perf_counter() - tick
-                train_seconds += elapsed
-                loss_sum += loss.item()
-                loss_count += 1
-                if step % config.log_every == 0 or step == last_step:
-                    history["step"].append(step)
-                    history["loss"].append(loss_sum / loss_count)
-                    loss_sum, loss_count = 0.0, 0
-                if config.val_every and step % config.val_every == 0 and step < config.steps:
-                    val_psnr = validate()
-                    history["val_step"].append(step)
-                    history["val_psnr"].append(val_psnr)
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    save(step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{config.batch_size / max(elapsed, 1e-9):.0f}",
-                                val_psnr=f"{val_psnr:.2f}")
-                if step >= last_step:
-                    break
+        _train_until(run, last_step, bar)
     except KeyboardInterrupt:
-        save(step)
-        bar.close()
+        _save(run)
         raise TrainingError(
-            f"training interrupted at step {step}; saved {ckpt_path}. Continue with the same command plus --resume"
+            f"training interrupted at step {run.step}; saved {run.ckpt_path}. "
+            "Continue with the same command plus --resume"
         ) from None
-    bar.close()
-
-    result: dict[str, Any] = {"step": step, "history": history, "checkpoint": str(ckpt_path),
-                              "train_seconds": train_seconds}
-    finished = step >= config.steps
-    # The report scores every image of config.final_sets; when the validation set is one of
-    # them, its score is the final validation PSNR (no second pass over the same images).
-    reuse_report = (finished and write_report and config.val_set in config.final_sets
-                    and config.val_max_images is None)
-    if finished and not reuse_report:
-        history["val_step"].append(step)
-        history["val_psnr"].append(validate())
-    save(step)
-    if finished and write_report:
-        result["metrics"] = write_run_report(model, config, out, train_seconds, progress=progress)
-        if reuse_report:
-            history["val_step"].append(step)
-            history["val_psnr"].append(result["metrics"]["datasets"][config.val_set]["model"]["psnr"])
-            save(step)
-    return result
+    finally:
+        bar.close()
+    return _finish(run, write_report, progress)
 
 
 def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, train_seconds: float,

@@ -1,8 +1,9 @@
-"""Cross-scale attention (CSNLN): every version against a loop reference written from its equation.
+"""Cross-scale attention (CSNLN): every version against the loop version of its equation.
 
-The references below work on one position at a time, in float64, with plain
-Python loops: they are slow and only meant for maps of a few pixels, but each
-line reads like the equation it implements (paper eq. 3-4, supplement eq. 2).
+The loop versions (srlib.attention.loops) work on one position at a time, in
+float64, with plain Python loops: they are slow and only meant for maps of a
+few pixels, but each line reads like the equation it implements (paper eq. 3-4,
+supplement eq. 2).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from srlib.attention import attention_entry
 from srlib.attention.cross_scale import (
     AttentionMemoryError,
     CrossScaleAttention,
+    CrossScaleDetails,
+    NaiveCrossScaleAttention,
+    PixelCrossScaleAttention,
     bilinear_downscale,
     cross_scale_attention,
     cross_scale_attention_bytes,
@@ -24,10 +29,18 @@ from srlib.attention.cross_scale import (
     pad_to_multiple,
     pixel_cross_scale_attention,
 )
+from srlib.attention.loops import (
+    bilinear_downscale_loops,
+    cross_scale_eq4_loops,
+    cross_scale_loops,
+    naive_cross_scale_eq2_loops,
+    naive_cross_scale_loops,
+    pad_to_multiple_loops,
+    pixel_cross_scale_eq3_loops,
+    pixel_cross_scale_loops,
+)
 
 DTYPE = torch.float64
-SOFTMAX_SCALE = 10.0
-KEY_NORM_EPS = 1e-4
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,114 +51,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loop references
-# ----------------------------------------------------------------------------------------------
-
-
-def window(t: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
-    """The ``size x size`` window of ``t`` (C, H, W) whose top-left pixel is (top, left); zero outside."""
-    c, height, width = t.shape
-    out = t.new_zeros(c, size, size)
-    for a in range(size):
-        for b in range(size):
-            y, x = top + a, left + b
-            if 0 <= y < height and 0 <= x < width:
-                out[:, a, b] = t[:, y, x]
-    return out
-
-
-def phi(query_patch: torch.Tensor, key_patch: torch.Tensor, softmax_scale: float) -> torch.Tensor:
-    """Similarity: temperature * <q, k / max(||k||, 1e-4)> (queries not normalised)."""
-    return softmax_scale * (query_patch * key_patch).sum() / max(key_patch.norm().item(), KEY_NORM_EPS)
-
-
-def softmax_weights(logits: dict) -> dict:
-    """exp(l) / sum exp(l), literally."""
-    denominator = sum(torch.exp(v) for v in logits.values())
-    return {k: torch.exp(v) / denominator for k, v in logits.items()}
-
-
-def reference_eq2(query, key, value, softmax_scale=SOFTMAX_SCALE):
-    """Supplement eq. 2: Z_ij = sum_gh softmax(phi(X_ij, Y_gh)) psi(Y_gh); returns Z and the weights."""
-    n_images, _, height, width = query.shape
-    h, w = key.shape[-2:]
-    out = torch.zeros(n_images, value.shape[1], height, width, dtype=DTYPE)
-    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
-    for n in range(n_images):
-        for i in range(height):
-            for j in range(width):
-                logits = {(g, hh): phi(query[n, :, i, j], key[n, :, g, hh], softmax_scale)
-                          for g in range(h) for hh in range(w)}
-                weights = softmax_weights(logits)
-                for (g, hh), a in weights.items():
-                    out[n, :, i, j] += a * value[n, :, g, hh]
-                    attention[n, g * w + hh, i, j] = a
-    return out, attention
-
-
-def reference_eq3(query, key, value, s, softmax_scale=SOFTMAX_SCALE):
-    """Eq. 3: Z^{sxs}_{si,sj} = sum_gh softmax(phi(X_ij, Y_gh)) psi(X^{sxs}_{sg,sh}); H, W multiples of s."""
-    n_images, _, height, width = query.shape
-    h, w = key.shape[-2:]
-    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)
-    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
-    for n in range(n_images):
-        for i in range(height):
-            for j in range(width):
-                logits = {(g, hh): phi(query[n, :, i, j], key[n, :, g, hh], softmax_scale)
-                          for g in range(h) for hh in range(w)}
-                weights = softmax_weights(logits)
-                for (g, hh), a in weights.items():
-                    block = value[n, :, s * g : s * g + s, s * hh : s * hh + s]  # X^{sxs}_{sg,sh}
-                    out[n, :, s * i : s * i + s, s * j : s * j + s] += a * block  # Z^{sxs}_{si,sj}
-                    attention[n, g * w + hh, i, j] = a
-    return out, attention
-
-
-def reference_eq4(query, key, value, s, p, softmax_scale=SOFTMAX_SCALE):
-    """Eq. 4 with centred, zero-padded patches; returns the overlapped SUM, the count and the weights.
-
-    Z^{sp x sp}_{si,sj} = sum_gh softmax(phi(X^{pxp}_{ij}, Y^{pxp}_{gh})) psi(X^{sp x sp}_{sg,sh});
-    every output patch is added where it lands and ``count`` says how many landed on each pixel.
-    """
-    n_images, _, height, width = query.shape
-    h, w = key.shape[-2:]
-    r = (p - 1) // 2
-    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)
-    count = torch.zeros(s * height, s * width, dtype=DTYPE)
-    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)
-    for n in range(n_images):
-        key_patches = {(g, hh): window(key[n], g - r, hh - r, p) for g in range(h) for hh in range(w)}
-        value_patches = {(g, hh): window(value[n], s * g - s * r, s * hh - s * r, s * p)
-                         for g in range(h) for hh in range(w)}
-        for i in range(height):
-            for j in range(width):
-                query_patch = window(query[n], i - r, j - r, p)
-                logits = {gh: phi(query_patch, kp, softmax_scale) for gh, kp in key_patches.items()}
-                weights = softmax_weights(logits)
-                z = sum(weights[gh] * value_patches[gh] for gh in weights)  # (C, sp, sp)
-                for (g, hh), a in weights.items():
-                    attention[n, g * w + hh, i, j] = a
-                for a in range(s * p):
-                    for b in range(s * p):
-                        y, x = s * i - s * r + a, s * j - s * r + b
-                        if 0 <= y < s * height and 0 <= x < s * width:
-                            out[n, :, y, x] += z[:, a, b]
-                            if n == 0:
-                                count[y, x] += 1
-    return out, count, attention
-
-
-def replicate_pad(t: torch.Tensor, s: int) -> torch.Tensor:
-    """Pad (N, C, H, W) at the bottom/right to multiples of s by repeating the last row/column."""
-    height, width = t.shape[-2:]
-    hp, wp = math.ceil(height / s) * s, math.ceil(width / s) * s
-    rows = [min(y, height - 1) for y in range(hp)]
-    cols = [min(x, width - 1) for x in range(wp)]
-    return t[:, :, rows][:, :, :, cols]
 
 
 def random_maps(n, c_qk, c_v, height, width, s, seed=0):
@@ -173,7 +78,7 @@ def test_naive_matches_eq2_loops():
     y = bilinear_downscale(x, 2)  # (2, 3, 2, 3)
     value = torch.randn(2, 2, 2, 3, generator=g, dtype=DTYPE)  # psi(Y), other channel count
     out, attention = naive_cross_scale_attention(x, y, value, return_attention=True)
-    expected, expected_attention = reference_eq2(x, y, value)
+    expected, expected_attention = naive_cross_scale_eq2_loops(x, y, value)
     assert out.shape == (2, 2, 4, 6)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(attention, expected_attention, rtol=1e-10, atol=1e-12)
@@ -183,7 +88,7 @@ def test_naive_matches_eq2_loops():
 def test_pixel_version_matches_eq3_loops(n, c_qk, c_v, height, width, s):
     query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=2)
     out, attention = pixel_cross_scale_attention(query, key, value, s, return_attention=True)
-    expected, expected_attention = reference_eq3(query, key, value, s)
+    expected, expected_attention = pixel_cross_scale_eq3_loops(query, key, value, s)
     assert out.shape == (n, c_v, s * height, s * width)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(attention, expected_attention, rtol=1e-10, atol=1e-12)
@@ -193,7 +98,7 @@ def test_pixel_version_matches_eq3_loops(n, c_qk, c_v, height, width, s):
 @pytest.mark.parametrize("n, c_qk, c_v, height, width, s", DIVISIBLE)
 def test_patch_version_matches_eq4_loops(n, c_qk, c_v, height, width, s, p):
     query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=3 + p)
-    summed, count, expected_attention = reference_eq4(query, key, value, s, p)
+    summed, count, expected_attention = cross_scale_eq4_loops(query, key, value, s, p)
     out, attention = cross_scale_attention(query, key, value, s, p, return_attention=True)
     assert out.shape == (n, c_v, s * height, s * width)
     torch.testing.assert_close(out, summed / count, rtol=1e-10, atol=1e-12)
@@ -205,8 +110,8 @@ def test_patch_version_matches_eq4_loops(n, c_qk, c_v, height, width, s, p):
 
 def test_eq4_with_p1_is_eq3():
     query, key, value = random_maps(2, 3, 2, 4, 6, 2, seed=4)
-    summed, count, _ = reference_eq4(query, key, value, 2, 1)
-    expected, _ = reference_eq3(query, key, value, 2)
+    summed, count, _ = cross_scale_eq4_loops(query, key, value, 2, 1)
+    expected, _ = pixel_cross_scale_eq3_loops(query, key, value, 2)
     assert torch.all(count == 1)
     torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
 
@@ -269,12 +174,13 @@ def test_overlap_normalised_output_is_convex_combination_of_values():
 
 @pytest.mark.parametrize("p", [1, 3, 5])
 @pytest.mark.parametrize("n, c_qk, c_v, height, width, s", ODD)
-def test_odd_sizes_match_reference_on_padded_map(n, c_qk, c_v, height, width, s, p):
+def test_odd_sizes_match_the_loop_version_on_padded_map(n, c_qk, c_v, height, width, s, p):
     query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=8)
     out, attention = cross_scale_attention(query, key, value, s, p, return_attention=True)
     assert out.shape == (n, c_v, s * height, s * width)
     assert attention.shape == (n, math.ceil(height / s) * math.ceil(width / s), height, width)
-    summed, count, expected_attention = reference_eq4(replicate_pad(query, s), key, replicate_pad(value, s), s, p)
+    padded_query, padded_value = pad_to_multiple_loops(query, s), pad_to_multiple_loops(value, s)
+    summed, count, expected_attention = cross_scale_eq4_loops(padded_query, key, padded_value, s, p)
     expected = (summed / count)[..., : s * height, : s * width]
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(attention, expected_attention[..., :height, :width], rtol=1e-10, atol=1e-12)
@@ -284,17 +190,17 @@ def test_odd_sizes_match_reference_on_padded_map(n, c_qk, c_v, height, width, s,
 def test_odd_sizes_pixel_version_matches_eq3_on_padded_map(n, c_qk, c_v, height, width, s):
     query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=9)
     out = pixel_cross_scale_attention(query, key, value, s)
-    expected, _ = reference_eq3(replicate_pad(query, s), key, replicate_pad(value, s), s)
+    expected, _ = pixel_cross_scale_eq3_loops(pad_to_multiple_loops(query, s), key, pad_to_multiple_loops(value, s), s)
     torch.testing.assert_close(out, expected[..., : s * height, : s * width], rtol=1e-10, atol=1e-12)
 
 
-def test_reflect_padding_matches_reference_on_reflect_padded_map():
+def test_reflect_padding_matches_the_loop_version_on_reflect_padded_map():
     query, key, value = random_maps(1, 2, 2, 5, 7, 2, seed=10)
     out = cross_scale_attention(query, key, value, 2, 3, pad_mode="reflect")
     padded_q = F.pad(query, (0, 1, 0, 1), mode="reflect")  # row 5 := row 3, column 7 := column 5
     padded_v = F.pad(value, (0, 1, 0, 1), mode="reflect")
     torch.testing.assert_close(padded_q[:, :, 5, :7], query[:, :, 3, :])
-    summed, count, _ = reference_eq4(padded_q, key, padded_v, 2, 3)
+    summed, count, _ = cross_scale_eq4_loops(padded_q, key, padded_v, 2, 3)
     torch.testing.assert_close(out, (summed / count)[..., :10, :14], rtol=1e-10, atol=1e-12)
 
 
@@ -303,7 +209,9 @@ def test_maps_smaller_than_the_patch_are_zero_padded(height, width, s, p):
     query, key, value = random_maps(2, 2, 2, height, width, s, seed=11)
     out = cross_scale_attention(query, key, value, s, p)
     assert out.shape == (2, 2, s * height, s * width)
-    summed, count, _ = reference_eq4(replicate_pad(query, s), key, replicate_pad(value, s), s, p)
+    summed, count, _ = cross_scale_eq4_loops(
+        pad_to_multiple_loops(query, s), key, pad_to_multiple_loops(value, s), s, p
+    )
     torch.testing.assert_close(out, (summed / count)[..., : s * height, : s * width], rtol=1e-10, atol=1e-12)
 
 
@@ -391,7 +299,10 @@ def test_module_any_size_and_batch(n, height, width, s):
     module = CrossScaleAttention(8, scale=s)
     x = torch.rand(n, 8, height, width, generator=torch.Generator().manual_seed(17))
     with torch.no_grad():
-        out, attention = module(x, return_attention=True)
+        out, details = module(x, return_details=True)
+        assert isinstance(details, CrossScaleDetails)
+        assert details.key_size == (math.ceil(height / s), math.ceil(width / s))
+        attention = details.weights
         assert out.shape == (n, 8, s * height, s * width)
         assert out.dtype == torch.float32
         assert attention.shape == (n, math.ceil(height / s) * math.ceil(width / s), height, width)
@@ -401,7 +312,7 @@ def test_module_any_size_and_batch(n, height, width, s):
 
 
 def test_module_structure_and_options():
-    module = CrossScaleAttention(16, scale=3, reduction=4, embed_activation="none")
+    module = CrossScaleAttention(16, scale=3, reduction=4, activation="none")
     assert module.query_embed[0].out_channels == 4
     assert module.key_embed[0].out_channels == 4
     assert module.value_embed[0].out_channels == 16
@@ -409,13 +320,67 @@ def test_module_structure_and_options():
     prelu = CrossScaleAttention(16)
     assert isinstance(prelu.value_embed[1], torch.nn.PReLU)
     assert "patch_size=3" in repr(prelu)
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match=r"expects x as a \(N, 16, H, W\) feature map, got \(1, 8, 4, 4\)"):
         prelu(torch.rand(1, 8, 4, 4))
     for bad in [{"patch_size": 2}, {"scale": 0}, {"reduction": 32}, {"normalization": "mean"},
-                {"embed_activation": "gelu"}, {"pad_mode": "zeros"}, {"softmax_scale": 0.0},
+                {"activation": "gelu"}, {"pad_mode": "zeros"}, {"softmax_scale": 0.0},
                 {"max_attention_bytes": -1}]:
         with pytest.raises(ValueError):
             CrossScaleAttention(16, **bad)
+
+
+def random_module(cls, seed=0, **options):
+    """A float64 module in eval mode with random PReLU slopes (a misplaced activation would show)."""
+    torch.manual_seed(seed)
+    module = cls(4, **options).double().eval()
+    with torch.no_grad():
+        for layer in (module.query_embed, module.key_embed, module.value_embed):
+            if len(layer) > 1:
+                layer[1].weight.uniform_(0.05, 0.5)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "loops", "options"),
+    [
+        ("cross_scale", CrossScaleAttention, cross_scale_loops, {"scale": 2}),
+        ("cross_scale", CrossScaleAttention, cross_scale_loops, {"scale": 3, "normalization": "constant6"}),
+        ("cross_scale", CrossScaleAttention, cross_scale_loops, {"scale": 2, "patch_size": 1, "pad_mode": "reflect"}),
+        ("cross_scale", CrossScaleAttention, cross_scale_loops, {"scale": 2, "activation": "none"}),
+        ("cross_scale_pixel", PixelCrossScaleAttention, pixel_cross_scale_loops, {"scale": 2}),
+        ("cross_scale_pixel", PixelCrossScaleAttention, pixel_cross_scale_loops, {"scale": 3, "pad_mode": "reflect"}),
+        ("cross_scale_naive", NaiveCrossScaleAttention, naive_cross_scale_loops, {"scale": 2}),
+        ("cross_scale_naive", NaiveCrossScaleAttention, naive_cross_scale_loops, {"scale": 3, "softmax_scale": 5.0}),
+    ],
+)
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])  # 5x7 is not a multiple of the scale
+def test_module_equals_its_registered_loop_version_in_float64(name, cls, loops, options, size):
+    assert attention_entry(name).loops is loops  # the registry's lazy "srlib.attention.loops:..." path
+    module = random_module(cls, **options)
+    x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(23), dtype=DTYPE)
+    with torch.no_grad():
+        out = module(x)
+        expected = loops(module, x)
+    s = module.scale
+    assert out.shape == ((2, 4, *size) if cls is NaiveCrossScaleAttention else (2, 4, s * size[0], s * size[1]))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_modules_return_details_and_pixel_equals_patch_size_one():
+    x = torch.randn(1, 4, 5, 6, generator=torch.Generator().manual_seed(24), dtype=DTYPE)
+    pixel = random_module(PixelCrossScaleAttention, scale=2)
+    patch = CrossScaleAttention(4, scale=2, patch_size=1).double().eval()
+    patch.load_state_dict(pixel.state_dict())  # same layers, same checkpoint keys
+    naive = NaiveCrossScaleAttention(4, scale=2).double().eval()
+    naive.load_state_dict(pixel.state_dict())
+    with torch.no_grad():
+        out, details = pixel(x, return_details=True)
+        torch.testing.assert_close(out, patch(x), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out, pixel(x))
+        assert details.weights.shape == (1, 3 * 3, 5, 6) and details.key_size == (3, 3)
+        naive_out, naive_details = naive(x, return_details=True)
+        assert naive_out.shape == (1, 4, 5, 6) and naive_details.weights.shape == (1, 9, 5, 6)
+        torch.testing.assert_close(naive_details.weights.sum(1), torch.ones(1, 5, 6, dtype=DTYPE))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +394,16 @@ def test_bilinear_downscale_is_block_mean_at_x2_and_centre_pick_at_x3():
     torch.testing.assert_close(bilinear_downscale(x, 3), x[..., 1::3, 1::3])
     odd = x[..., :5, :7]
     assert bilinear_downscale(odd, 2).shape == (2, 3, 3, 4)
-    torch.testing.assert_close(bilinear_downscale(odd, 2), F.avg_pool2d(replicate_pad(odd, 2), 2))
+    torch.testing.assert_close(bilinear_downscale(odd, 2), F.avg_pool2d(pad_to_multiple_loops(odd, 2), 2))
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+@pytest.mark.parametrize("pad_mode", ["replicate", "reflect"])
+def test_bilinear_downscale_equals_its_loop_version(s, pad_mode):
+    x = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(25), dtype=DTYPE)
+    torch.testing.assert_close(
+        bilinear_downscale(x, s, pad_mode), bilinear_downscale_loops(x, s, pad_mode), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_pad_to_multiple():
@@ -441,7 +415,8 @@ def test_pad_to_multiple():
     torch.testing.assert_close(reflected[0, 0, :3, 5], x[0, 0, :, 3])
     padded = pad_to_multiple(x, 2)
     assert padded.shape == (1, 1, 4, 6)
-    torch.testing.assert_close(padded, replicate_pad(x, 2))
+    torch.testing.assert_close(padded.double(), pad_to_multiple_loops(x, 2))  # the loop versions are float64
+    torch.testing.assert_close(reflected.double(), pad_to_multiple_loops(x, 2, mode="reflect"))
     with pytest.raises(ValueError, match="replicate"):
         pad_to_multiple(torch.zeros(1, 1, 1, 4), 3, mode="reflect")
 
@@ -488,14 +463,14 @@ def test_default_memory_limit_refuses_a_huge_map_without_allocating():
 
 
 def test_default_memory_limit_follows_available_memory(monkeypatch):
-    from srlib.attention import cross_scale
+    from srlib.attention import _common
 
     query, key, value = random_maps(1, 2, 2, 4, 4, 2, seed=21)
     needed = cross_scale_attention_bytes(1, 4, 4, 2, DTYPE)
-    monkeypatch.setattr(cross_scale, "available_memory_bytes", lambda device: needed)  # limit = needed / 2
+    monkeypatch.setattr(_common, "available_memory_bytes", lambda device: needed)  # limit = needed / 2
     with pytest.raises(AttentionMemoryError, match="available"):
         cross_scale_attention(query, key, value, 2)
-    monkeypatch.setattr(cross_scale, "available_memory_bytes", lambda device: None)  # unknown: no guard
+    monkeypatch.setattr(_common, "available_memory_bytes", lambda device: None)  # unknown: no guard
     assert cross_scale_attention(query, key, value, 2).shape == (1, 2, 8, 8)
 
 

@@ -1,7 +1,8 @@
 """Hashing primitives of sparse attention (srlib.attention.lsh): hash, sort, chunk, combine.
 
 Each primitive is checked against a literal Python computation of its documented
-rule, or against a property that must hold exactly (inverse permutations, masks).
+rule (the hash against srlib.attention.loops.spherical_codes_loops), or against a
+property that must hold exactly (inverse permutations, masks).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from srlib.attention.lsh import (
     split_into_chunks,
     unsort_positions,
 )
+from srlib.attention.loops import spherical_codes_loops
 
 # --------------------------------------------------------------------------- bucket count
 
@@ -122,31 +124,13 @@ def test_random_rotations_shape_seed_and_dtype():
 # --------------------------------------------------------------------------- hash
 
 
-def loop_spherical_codes(x: torch.Tensor, rotations: torch.Tensor) -> list:
-    """argmax of concat[x A_r, -x A_r], literally: codes[n][r][l], first maximum on ties."""
-    n_images, length, dim = x.shape
-    _, n_rounds, half = rotations.shape
-    codes = []
-    for n in range(n_images):
-        per_round = []
-        for r in range(n_rounds):
-            row = []
-            for pos in range(length):
-                proj = [sum(float(x[n, pos, d]) * float(rotations[d, r, a]) for d in range(dim)) for a in range(half)]
-                both = proj + [-p for p in proj]
-                row.append(max(range(2 * half), key=lambda c, both=both: (both[c], -c)))
-            per_round.append(row)
-        codes.append(per_round)
-    return codes
-
-
 def test_spherical_hash_matches_the_literal_rule():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 9, 4, generator=g, dtype=torch.float64)
     rotations = random_rotations(4, 3, 6, 1, dtype=torch.float64)
     codes = spherical_hash(x, rotations)
     assert codes.shape == (2, 3, 9) and codes.dtype == torch.int64
-    assert codes.tolist() == loop_spherical_codes(x, rotations)
+    assert codes.tolist() == spherical_codes_loops(x, rotations).tolist()
     assert int(codes.min()) >= 0 and int(codes.max()) < 6
 
 

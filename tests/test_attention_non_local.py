@@ -1,6 +1,6 @@
-"""In-scale non-local attention (CSNLN eq. 1-2) against a literal float64 loop reference.
+"""In-scale non-local attention (CSNLN eq. 1-2) against the float64 loop versions of srlib.attention.loops.
 
-The references below are written from the paper's formulas with Python loops over
+The loop versions are written from the paper's formulas with Python loops over
 pixel coordinates, independently of the library's reshapes, bmm and softmax:
 
     Z_{i,j} = sum_{g,h} exp(phi(X_ij, X_gh)) / sum_{u,v} exp(phi(X_ij, X_uv)) * psi(X_gh)   (1)
@@ -15,11 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-import srlib.attention.non_local as non_local_module
+import srlib.attention._common as common_module
 from srlib.attention import (
+    AttentionDetails,
     AttentionMemoryError,
     NonLocalAttention,
+    RegionAttentionDetails,
     RegionNonLocalAttention,
+    attention_entry,
     attention_matrix_bytes,
     available_memory_bytes,
     check_attention_memory,
@@ -27,90 +30,29 @@ from srlib.attention import (
     region_grid,
     region_non_local_attention,
 )
+from srlib.attention.loops import (
+    dense_attention_loops,
+    embedding_loops,
+    non_local_loops,
+    region_attention_loops,
+    region_cells_loops,
+    region_non_local_loops,
+)
 
-# --------------------------------------------------------------------------- references
-
-
-def loop_attention(theta_map: torch.Tensor, delta_map: torch.Tensor, psi_map: torch.Tensor):
-    """Eq. 1-2 literally, in float64: loops over (i, j), (g, h) and (u, v).
-
-    theta_map, delta_map: (N, C_e, H, W); psi_map: (N, C_v, H, W).
-    Returns Z (N, C_v, H, W) and the weights (N, H, W, H, W), weights[n, i, j, g, h].
-    """
-    theta_map, delta_map, psi_map = (t.detach().to(torch.float64) for t in (theta_map, delta_map, psi_map))
-    n_images, _, height, width = theta_map.shape
-    z = torch.zeros(n_images, psi_map.shape[1], height, width, dtype=torch.float64)
-    weights = torch.zeros(n_images, height, width, height, width, dtype=torch.float64)
-
-    def phi(n, i, j, g, h):  # eq. 2
-        return float(torch.dot(theta_map[n, :, i, j], delta_map[n, :, g, h]))
-
-    for n in range(n_images):
-        for i in range(height):
-            for j in range(width):
-                denominator = sum(
-                    math.exp(phi(n, i, j, u, v)) for u in range(height) for v in range(width)
-                )
-                for g in range(height):
-                    for h in range(width):
-                        weight = math.exp(phi(n, i, j, g, h)) / denominator
-                        weights[n, i, j, g, h] = weight
-                        z[n, :, i, j] += weight * psi_map[n, :, g, h]
-    return z, weights
+# --------------------------------------------------------------------------- helpers
 
 
-def reference_cells(length: int, parts: int) -> list[tuple[int, int]]:
-    """The documented rule: the first ``length % parts`` cells are one pixel longer."""
-    sizes = [length // parts + (1 if k < length % parts else 0) for k in range(parts)]
-    starts = [sum(sizes[:k]) for k in range(parts)]
-    return [(s, s + size) for s, size in zip(starts, sizes)]
-
-
-def loop_region_attention(theta_map, delta_map, psi_map, regions):
-    """Eq. 1-2 applied to each cell of the region grid separately (loop over the cells)."""
-    n_images, _, height, width = theta_map.shape
-    z = torch.zeros(n_images, psi_map.shape[1], height, width, dtype=torch.float64)
-    for r0, r1 in reference_cells(height, regions[0]):
-        for c0, c1 in reference_cells(width, regions[1]):
-            cell = (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
-            z[cell], _ = loop_attention(theta_map[cell], delta_map[cell], psi_map[cell])
-    return z
-
-
-def reference_embedding(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv (+ PReLU) computed by hand from the layer's weights: y_o = sum_c W_oc x_c + b_o."""
-    conv, prelu = (layer[0], layer[1]) if isinstance(layer, nn.Sequential) else (layer, None)
-    weight = conv.weight.detach().to(torch.float64)[:, :, 0, 0]  # (C_out, C_in)
-    bias = conv.bias.detach().to(torch.float64)
-    y = torch.einsum("oc,nchw->nohw", weight, x.detach().to(torch.float64)) + bias.view(1, -1, 1, 1)
-    if prelu is not None:
-        slope = float(prelu.weight.detach())
-        y = torch.where(y >= 0, y, slope * y)
-    return y
-
-
-def reference_module(module, x: torch.Tensor, regions=None):
-    """The whole module from the references: embeddings by hand, attention by loops, residual."""
-    q = reference_embedding(module.theta, x)
-    k = reference_embedding(module.delta, x)
-    v = reference_embedding(module.psi, x)
-    if regions is None:
-        z, weights = loop_attention(q, k, v)
-    else:
-        z, weights = loop_region_attention(q, k, v, regions), None
-    if module.residual:
-        if module.output_projection is not None:
-            z = reference_embedding(module.output_projection, z)
-        z = x.detach().to(torch.float64) + z
-    return z, weights
+def loop_embeddings(module, x: torch.Tensor):
+    """theta(X), delta(X), psi(X) of a module, by hand (embedding_loops)."""
+    return tuple(embedding_loops(layer, x) for layer in (module.query_embed, module.key_embed, module.value_embed))
 
 
 def make_module(cls=NonLocalAttention, seed=0, **kwargs):
     torch.manual_seed(seed)
     module = cls(**kwargs).double()
     # Random PReLU slopes, so that the test would notice a missing or misplaced activation.
-    for layer in (module.theta, module.delta, module.psi):
-        if isinstance(layer, nn.Sequential):
+    for layer in (module.query_embed, module.key_embed, module.value_embed):
+        if len(layer) > 1:
             with torch.no_grad():
                 layer[1].weight.uniform_(0.05, 0.5)
     return module
@@ -124,13 +66,16 @@ def random_map(*shape, seed=1, dtype=torch.float64):
 # --------------------------------------------------------------------------- global attention
 
 
-@pytest.mark.parametrize("activation", ["prelu", None])
-def test_explicit_path_matches_loop_reference(activation):
+@pytest.mark.parametrize("activation", ["prelu", "none"])
+def test_explicit_path_matches_the_loop_version(activation):
     module = make_module(channels=4, activation=activation)
     x = random_map(2, 4, 3, 4)
-    out, attention = module(x, return_attention=True)
-    expected, weights = reference_module(module, x)
+    out, details = module(x, return_details=True)
+    assert isinstance(details, AttentionDetails) and details.map_size == (3, 4)
+    attention = details.weights
+    expected, weights = dense_attention_loops(*loop_embeddings(module, x))
     assert out.shape == (2, 4, 3, 4) and attention.shape == (2, 12, 12)
+    torch.testing.assert_close(non_local_loops(module, x), expected, rtol=0, atol=0)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     # row i*W + j of the returned matrix holds weights[n, i, j, :, :] flattened the same way
     torch.testing.assert_close(attention, weights.reshape(2, 12, 12), rtol=1e-10, atol=1e-12)
@@ -138,20 +83,32 @@ def test_explicit_path_matches_loop_reference(activation):
 
 def test_layers_are_the_papers_symbols_with_the_official_sizes():
     module = NonLocalAttention(channels=8)
-    assert module.theta[0].weight.shape == (4, 8, 1, 1)  # theta: C -> C/2, queries
-    assert module.delta[0].weight.shape == (4, 8, 1, 1)  # delta: C -> C/2, keys
-    assert module.psi[0].weight.shape == (8, 8, 1, 1)  # psi: C -> C, values
-    assert all(isinstance(layer[1], nn.PReLU) for layer in (module.theta, module.delta, module.psi))
-    assert module.output_projection is None
-    plain = NonLocalAttention(channels=8, embed_channels=3, value_channels=5, activation=None)
-    assert isinstance(plain.theta, nn.Conv2d) and plain.theta.out_channels == 3
-    assert plain.psi.out_channels == 5
+    assert module.query_embed[0].weight.shape == (4, 8, 1, 1)  # theta: C -> C/2, queries
+    assert module.key_embed[0].weight.shape == (4, 8, 1, 1)  # delta: C -> C/2, keys
+    assert module.value_embed[0].weight.shape == (8, 8, 1, 1)  # psi: C -> C, values
+    layers = (module.query_embed, module.key_embed, module.value_embed)
+    assert all(isinstance(layer[1], nn.PReLU) for layer in layers)
+    assert not hasattr(module, "output_projection")  # the output is always (N, C, H, W)
+    assert sorted(module.state_dict()) == sorted(
+        f"{name}.{key}" for name in ("query_embed", "key_embed", "value_embed")
+        for key in ("0.weight", "0.bias", "1.weight")
+    )
+    plain = NonLocalAttention(channels=8, reduction=4, activation="none")
+    assert isinstance(plain.query_embed, nn.Sequential) and len(plain.query_embed) == 1
+    assert isinstance(plain.query_embed[0], nn.Conv2d) and plain.query_embed[0].out_channels == 2
+    assert plain.value_embed[0].out_channels == 8
+    # the convolutions keep their checkpoint keys with or without the activation
+    plain_keys = {k for k in module.state_dict() if not k.endswith("1.weight")}
+    assert set(NonLocalAttention(channels=8, activation="none").state_dict()) == plain_keys
+    for removed in ({"embed_channels": 3}, {"value_channels": 5}, {"residual": True}):
+        with pytest.raises(TypeError):
+            NonLocalAttention(channels=8, **removed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("size", [(3, 4), (5, 7), (1, 1), (1, 6), (9, 2)])
 def test_fused_path_equals_explicit_path(dtype, size):
-    module = make_module(channels=6, residual=True).to(dtype)
+    module = make_module(channels=6).to(dtype)
     x = random_map(3, 6, *size, seed=2, dtype=dtype)
     explicit = module(x)
     module.implementation = "fused"
@@ -173,15 +130,19 @@ def test_functional_paths_agree_with_different_query_and_key_lengths():
 
 def test_returned_attention_rows_are_probabilities():
     module = make_module(channels=4)
-    _, attention = module(random_map(2, 4, 5, 3, seed=6), return_attention=True)
+    _, details = module(random_map(2, 4, 5, 3, seed=6), return_details=True)
+    attention = details.weights
     assert (attention >= 0).all()
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 15, dtype=torch.float64))
 
 
-def test_return_attention_with_fused_path_raises():
+def test_return_details_with_fused_module_uses_the_explicit_path_and_functional_fused_raises():
     module = make_module(channels=4, implementation="fused")
-    with pytest.raises(ValueError, match="explicit"):
-        module(random_map(1, 4, 3, 3), return_attention=True)
+    x = random_map(1, 4, 3, 3)
+    out, details = module(x, return_details=True)  # the weights need the explicit path: it is used
+    torch.testing.assert_close(out, module(x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(details.weights.sum(-1), torch.ones(1, 9, dtype=torch.float64))
+    assert module.implementation == "fused"
     q = random_map(1, 4, 2)
     with pytest.raises(ValueError, match="explicit"):
         non_local_attention(q, q, q, implementation="fused", return_attention=True)
@@ -190,27 +151,26 @@ def test_return_attention_with_fused_path_raises():
 def test_single_pixel_map_returns_its_own_value():
     module = make_module(channels=4)
     x = random_map(2, 4, 1, 1)
-    out, attention = module(x, return_attention=True)
-    torch.testing.assert_close(attention, torch.ones(2, 1, 1, dtype=torch.float64))
-    torch.testing.assert_close(out, module.psi(x))
+    out, details = module(x, return_details=True)
+    torch.testing.assert_close(details.weights, torch.ones(2, 1, 1, dtype=torch.float64))
+    torch.testing.assert_close(out, module.value_embed(x))
 
 
-@pytest.mark.parametrize("value_channels", [4, 6])
-def test_residual_adds_the_input(value_channels):
-    module = make_module(channels=4, value_channels=value_channels, residual=True)
-    assert (module.output_projection is None) == (value_channels == 4)
+@pytest.mark.parametrize("cls", [NonLocalAttention, RegionNonLocalAttention])
+def test_output_has_no_residual(cls):
+    """The module returns Z of eq. 1 only; the model adds x + res_scale * Z itself."""
+    module = make_module(cls, channels=4)
     x = random_map(2, 4, 3, 4, seed=7)
     out = module(x)
-    expected, _ = reference_module(module, x)
     assert out.shape == x.shape
-    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
-    # and the residual really is x + (something that is not x)
-    plain = make_module(channels=4, value_channels=value_channels, residual=False)
-    plain.load_state_dict({k: v for k, v in module.state_dict().items() if not k.startswith("output_projection")})
-    z = plain(x)
-    assert z.shape == (2, value_channels, 3, 4)
-    if value_channels == 4:
-        torch.testing.assert_close(out, x + z)
+    z = (non_local_loops if cls is NonLocalAttention else region_non_local_loops)(module, x)
+    torch.testing.assert_close(out, z, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(out, x + z)
+    # values psi(X) = 0 everywhere: Z = 0, so a residual inside would show up as x
+    with torch.no_grad():
+        module.value_embed[0].weight.zero_()
+        module.value_embed[0].bias.zero_()
+    assert torch.equal(module(x), torch.zeros_like(x))
 
 
 @pytest.mark.parametrize("implementation", ["explicit", "fused"])
@@ -222,6 +182,37 @@ def test_batch_of_one_and_of_many_agree(implementation, cls):
     one_by_one = torch.cat([module(batch[n : n + 1]) for n in range(4)])
     assert together.shape == (4, 4, 5, 6)
     torch.testing.assert_close(together, one_by_one, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(3, 4), (5, 7), (1, 2), (2, 9)])
+@pytest.mark.parametrize(
+    ("name", "cls", "loops", "options"),
+    [
+        ("non_local", NonLocalAttention, non_local_loops, {}),
+        ("region_non_local", RegionNonLocalAttention, region_non_local_loops, {"regions": (1, 2)}),
+    ],
+)
+def test_module_equals_its_registered_loop_version_in_float64(name, cls, loops, options, size):
+    assert attention_entry(name).loops is loops  # the registry's lazy "srlib.attention.loops:..." path
+    module = make_module(cls, channels=4, **options).eval()
+    x = random_map(2, 4, *size, seed=18)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), loops(module, x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["prelu", "none"])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_embedding_loops_equal_the_layer(activation, kernel_size):
+    from srlib.attention._common import embedding
+
+    torch.manual_seed(3)
+    layer = embedding(3, 5, activation, kernel_size=kernel_size).double()
+    if activation == "prelu":
+        with torch.no_grad():
+            layer[1].weight.fill_(0.3)
+    x = random_map(2, 3, 4, 5, seed=19)
+    with torch.no_grad():
+        torch.testing.assert_close(embedding_loops(layer, x), layer(x), rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- regions
@@ -237,15 +228,30 @@ def test_batch_of_one_and_of_many_agree(implementation, cls):
         ((3, 4), (1, 1)),  # one region: the global attention
     ],
 )
-def test_region_attention_matches_loop_reference_per_region(size, regions):
-    module = make_module(RegionNonLocalAttention, channels=4, regions=regions, residual=True)
+def test_region_attention_matches_the_loop_version_per_region(size, regions):
+    module = make_module(RegionNonLocalAttention, channels=4, regions=regions)
     x = random_map(2, 4, *size, seed=9)
-    expected, _ = reference_module(module, x, regions=regions)
+    expected = region_non_local_loops(module, x)
     out = module(x)
     assert out.shape == x.shape
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
     module.implementation = "fused"
     torch.testing.assert_close(module(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_region_details_match_the_loop_version_per_cell():
+    module = make_module(RegionNonLocalAttention, channels=4, regions=(2, 3))
+    x = random_map(2, 4, 5, 7, seed=20)
+    out, details = module(x, return_details=True)
+    assert isinstance(details, RegionAttentionDetails)
+    assert details.cells == region_grid(5, 7, (2, 3))
+    expected, cell_weights = region_attention_loops(*loop_embeddings(module, x), (2, 3))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    assert len(details.weights) == len(cell_weights) == 6
+    for (rows, cols), weights, expected_weights in zip(details.cells, details.weights, cell_weights):
+        pixels = (rows.stop - rows.start) * (cols.stop - cols.start)
+        assert weights.shape == (2, pixels, pixels)
+        torch.testing.assert_close(weights, expected_weights.reshape(2, pixels, pixels), rtol=1e-10, atol=1e-12)
 
 
 def test_region_attention_differs_from_global_attention():
@@ -272,7 +278,9 @@ def test_region_grid_covers_the_map_with_near_equal_cells(size, regions):
     heights = {r.stop - r.start for r, _ in cells}
     widths = {c.stop - c.start for _, c in cells}
     assert max(heights) - min(heights) <= 1 and max(widths) - min(widths) <= 1
-    expected = [(r, c) for r in reference_cells(size[0], regions[0]) for c in reference_cells(size[1], regions[1])]
+    expected = [
+        (r, c) for r in region_cells_loops(size[0], regions[0]) for c in region_cells_loops(size[1], regions[1])
+    ]
     assert [((r.start, r.stop), (c.start, c.stop)) for r, c in cells] == expected
 
 
@@ -317,7 +325,7 @@ def test_gradcheck_region_path_uneven_grid(implementation):
 
 
 def test_gradcheck_module_input():
-    module = make_module(channels=3, residual=True, value_channels=2)
+    module = make_module(channels=3)
     x = random_map(1, 3, 2, 3, seed=17).requires_grad_()
     assert torch.autograd.gradcheck(module, (x,))
 
@@ -354,14 +362,14 @@ def test_memory_guard_default_limit_follows_available_memory(monkeypatch):
     real = available_memory_bytes("cpu")
     assert real is None or real > 0
     q = torch.zeros(1, 64, 2)
-    monkeypatch.setattr(non_local_module, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(common_module, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(AttentionMemoryError, match="available on cpu"):
         non_local_attention(q, q, q)
     # limit = MEMORY_FRACTION * 1000 = 500 bytes: a (1, 5, 5) float32 pair (200 bytes) fits
     assert check_attention_memory(1, 5, 5, torch.float32, "cpu") == 2 * 5 * 5 * 4
     with pytest.raises(AttentionMemoryError, match="50% of the 1000 bytes available on cpu"):
         check_attention_memory(1, 8, 8, torch.float32, "cpu")  # 512 bytes > 500
-    monkeypatch.setattr(non_local_module, "available_memory_bytes", lambda device: None)  # unknown: no check
+    monkeypatch.setattr(common_module, "available_memory_bytes", lambda device: None)  # unknown: no check
     assert non_local_attention(q, q, q).shape == (1, 64, 2)
     assert non_local_attention(q, q, q, max_attention_bytes=math.inf).shape == (1, 64, 2)
 
@@ -370,7 +378,7 @@ def test_memory_guard_default_limit_follows_available_memory(monkeypatch):
 
 
 def test_follows_the_input_device_and_dtype():
-    module = NonLocalAttention(4, residual=True, value_channels=3).to("meta")
+    module = NonLocalAttention(4).to("meta")
     out = module(torch.empty(2, 4, 5, 6, device="meta"))  # no real memory, no fixed device anywhere
     assert out.device.type == "meta" and out.shape == (2, 4, 5, 6)
     module = NonLocalAttention(4).to(torch.bfloat16)
@@ -389,15 +397,15 @@ def test_cuda_paths_agree():
 
 def test_bad_input_gets_one_clear_error():
     module = NonLocalAttention(4)
-    with pytest.raises(ValueError, match=r"expects a \(N, 4, H, W\) feature map, got shape \(1, 3, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"expects x as a \(N, 4, H, W\) feature map, got \(1, 3, 5, 5\)"):
         module(torch.zeros(1, 3, 5, 5))
     with pytest.raises(ValueError, match=r"\(N, 4, H, W\)"):
         module(torch.zeros(4, 5, 5))
     with pytest.raises(ValueError, match="implementation must be one of"):
         NonLocalAttention(4, implementation="flash")
-    with pytest.raises(ValueError, match="activation must be 'prelu' or None"):
+    with pytest.raises(ValueError, match="activation must be one of 'prelu', 'none'"):
         NonLocalAttention(4, activation="relu")
-    with pytest.raises(ValueError, match="channels must be a positive integer"):
+    with pytest.raises(ValueError, match="channels must be an integer >= 1"):
         NonLocalAttention(0)
     q = torch.zeros(1, 6, 3)
     with pytest.raises(ValueError, match=r"\(N, L, C\) sequence"):

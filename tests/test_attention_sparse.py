@@ -1,7 +1,8 @@
-"""Non-Local Sparse Attention (srlib.attention.sparse) against a literal float64 loop reference.
+"""Non-Local Sparse Attention (srlib.attention.sparse) against the float64 loop version of srlib.attention.loops.
 
-The reference follows the algorithm step by step with Python loops over positions,
-independently of the library's gathers, chunk tensors and einsums:
+The loop version (sparse_attention_loops) follows the algorithm step by step with
+Python loops over positions, independently of the library's gathers, chunk
+tensors and einsums:
 
     for each image and round r:
         code(l)  = argmax concat[k_hat(l) A_r, -k_hat(l) A_r]          k_hat = k / max(|k|, 5e-5)
@@ -12,6 +13,9 @@ independently of the library's gathers, chunk tensors and einsums:
             lse_r(l) = log sum_j exp(q(l) . k_hat(j))
             out_r(l) = sum_j exp(q(l) . k_hat(j) - lse_r(l)) v(j)
     out(l) = sum_r softmax_r(lse_r(l)) out_r(l)
+
+The blocked implementation (non_local_sparse_attention) is also checked against
+readable_sparse_attention, the same function written with the lsh steps, unblocked.
 """
 
 from __future__ import annotations
@@ -23,78 +27,17 @@ import pytest
 import torch
 
 import srlib.attention.sparse as sparse_module
-from srlib.attention import non_local_attention
-from srlib.attention.lsh import (
-    combine_rounds,
-    gather_neighbour_chunks,
-    merge_chunks,
-    neighbour_chunk_offsets,
-    random_rotations,
-    softmax_with_logsumexp,
-    sort_by_code,
-    sort_positions,
-    spherical_hash,
-    split_into_chunks,
-    unsort_positions,
-)
+from srlib.attention import attention_entry, non_local_attention
+from srlib.attention.loops import nlsa_dense_loops, nlsa_loops, sparse_attention_loops
+from srlib.attention.lsh import bucket_count, neighbour_chunk_offsets, random_rotations
+from srlib.attention.non_local import AttentionDetails
 from srlib.attention.sparse import (
-    KEY_NORM_EPS,
+    DenseMatchAttention,
     NonLocalSparseAttention,
     SparseAttentionDetails,
     non_local_sparse_attention,
+    readable_sparse_attention,
 )
-
-# --------------------------------------------------------------------------- reference
-
-
-def loop_sparse_attention(query, key, value, rotations, chunk_size, before=1, after=1):
-    """NLSA literally, in float64 Python numbers.  Returns out (N, C_v, H, W) and codes (N, R, H, W)."""
-    n_images, c_e, height, width = query.shape
-    c_v = value.shape[1]
-    _, n_rounds, half = rotations.shape
-    length = height * width
-    rot = rotations.double().tolist()  # rot[d][r][a]
-    out = torch.zeros(n_images, c_v, height, width, dtype=torch.float64)
-    all_codes = torch.zeros(n_images, n_rounds, height, width, dtype=torch.long)
-    for n in range(n_images):
-        pixels = [(i, j) for i in range(height) for j in range(width)]  # position l = i*W + j
-        q = [query[n, :, i, j].double().tolist() for i, j in pixels]
-        v = [value[n, :, i, j].double().tolist() for i, j in pixels]
-        k_hat = []
-        for i, j in pixels:
-            k = key[n, :, i, j].double().tolist()
-            norm = max(math.sqrt(sum(x * x for x in k)), KEY_NORM_EPS)
-            k_hat.append([x / norm for x in k])
-        round_out, round_lse = [], []
-        for r in range(n_rounds):
-            codes = []
-            for pos in range(length):
-                proj = [sum(k_hat[pos][d] * rot[d][r][a] for d in range(c_e)) for a in range(half)]
-                both = proj + [-p for p in proj]
-                codes.append(max(range(2 * half), key=lambda c, both=both: (both[c], -c)))
-                all_codes[n, r, pixels[pos][0], pixels[pos][1]] = codes[-1]
-            ordered = sorted(range(length), key=lambda p, codes=codes: (codes[p], p))
-            chunks = [ordered[s : s + chunk_size] for s in range(0, length, chunk_size)]
-            outs, lses = [None] * length, [None] * length
-            for c, chunk in enumerate(chunks):
-                neighbour_ids = sorted({(c + o) % len(chunks) for o in range(-before, after + 1)})
-                keys = [p for cid in neighbour_ids for p in chunks[cid]]
-                for pos in chunk:
-                    scores = [sum(a * b for a, b in zip(q[pos], k_hat[t])) for t in keys]
-                    top = max(scores)
-                    lse = top + math.log(sum(math.exp(s - top) for s in scores))
-                    lses[pos] = lse
-                    outs[pos] = [
-                        sum(math.exp(s - lse) * v[t][ch] for s, t in zip(scores, keys)) for ch in range(c_v)
-                    ]
-            round_out.append(outs)
-            round_lse.append(lses)
-        for pos, (i, j) in enumerate(pixels):
-            top = max(round_lse[r][pos] for r in range(n_rounds))
-            e = [math.exp(round_lse[r][pos] - top) for r in range(n_rounds)]
-            for ch in range(c_v):
-                out[n, ch, i, j] = sum(e[r] / sum(e) * round_out[r][pos][ch] for r in range(n_rounds))
-    return out, all_codes
 
 
 def random_maps(n, c_e, c_v, height, width, seed):
@@ -105,7 +48,7 @@ def random_maps(n, c_e, c_v, height, width, seed):
     return q, k, v
 
 
-# --------------------------------------------------------------------------- against the reference
+# --------------------------------------------------------------------------- against the loop version
 
 
 @pytest.mark.parametrize(
@@ -119,7 +62,7 @@ def random_maps(n, c_e, c_v, height, width, seed):
         (1, 5, 5, 3, 2, 8, 2, 0),  # other neighbourhood: two previous chunks, no next
     ],
 )
-def test_matches_the_loop_reference(n, height, width, chunk_size, n_rounds, n_buckets, before, after):
+def test_matches_the_loop_version(n, height, width, chunk_size, n_rounds, n_buckets, before, after):
     q, k, v = random_maps(n, 3, 2, height, width, seed=height * 10 + width)
     b = n_buckets if n_buckets is not None else 2
     rotations = random_rotations(3, n_rounds, b, 99, dtype=torch.float64)
@@ -127,7 +70,7 @@ def test_matches_the_loop_reference(n, height, width, chunk_size, n_rounds, n_bu
         q, k, v, n_rounds=n_rounds, chunk_size=chunk_size, n_buckets=n_buckets, rotations=rotations,
         chunks_before=before, chunks_after=after, return_details=True,
     )
-    expected, expected_codes = loop_sparse_attention(q, k, v, rotations, chunk_size, before, after)
+    expected, expected_codes = sparse_attention_loops(q, k, v, rotations, chunk_size, before, after)
     assert out.shape == (n, 2, height, width) and out.dtype == torch.float64
     assert torch.equal(details.codes, expected_codes)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
@@ -142,7 +85,7 @@ def test_generator_seed_and_rotations_paths_agree():
     assert torch.equal(by_seed, by_generator) and torch.equal(by_seed, by_rotations)
     b = details.n_buckets
     assert torch.equal(details.rotations, random_rotations(4, 3, b, 8, dtype=torch.float64))
-    expected, _ = loop_sparse_attention(q, k, v, details.rotations, 7)
+    expected, _ = sparse_attention_loops(q, k, v, details.rotations, 7)
     torch.testing.assert_close(by_seed, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -159,6 +102,102 @@ def test_details_are_consistent_with_the_output():
     torch.testing.assert_close(details.round_weights, torch.softmax(details.round_logsumexp, dim=1))
     torch.testing.assert_close((details.round_weights.unsqueeze(2) * details.round_outputs).sum(1), out)
     assert details.n_buckets == 4 and details.rotations.shape == (4, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("n", "height", "width", "chunk_size", "n_rounds", "n_buckets", "before", "after"),
+    [
+        (2, 14, 14, 16, 3, None, 1, 1),  # L = 196: 13 chunks, the last padded; the rule gives 12 buckets
+        (1, 5, 7, 8, 2, 4, 1, 1),  # L = 35: 5 chunks, padded by 5
+        (3, 4, 4, 8, 2, 4, 1, 1),  # exactly 2 chunks (neighbours coincide)
+        (1, 2, 3, 8, 2, 2, 1, 1),  # a single chunk
+        (1, 6, 7, 4, 2, 6, 2, 0),  # two previous chunks, no next
+    ],
+)
+def test_readable_version_equals_the_blocked_one(n, height, width, chunk_size, n_rounds, n_buckets, before, after):
+    q, k, v = random_maps(n, 3, 2, height, width, seed=30 + height)
+    b = bucket_count(height * width, chunk_size, n_buckets=n_buckets)
+    rotations = random_rotations(3, n_rounds, b, 7, dtype=torch.float64)
+    common = {"n_rounds": n_rounds, "chunk_size": chunk_size, "n_buckets": n_buckets, "rotations": rotations,
+              "chunks_before": before, "chunks_after": after}
+    out, details = non_local_sparse_attention(q, k, v, return_details=True, **common)
+    readable, readable_details = readable_sparse_attention(q, k, v, return_details=True, **common)
+    assert readable.shape == (n, 2, height, width) and readable.dtype == torch.float64
+    torch.testing.assert_close(readable, out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(readable_sparse_attention(q, k, v, **common), out, rtol=1e-12, atol=1e-12)
+    assert isinstance(readable_details, SparseAttentionDetails)
+    assert torch.equal(readable_details.codes, details.codes)
+    assert readable_details.n_buckets == details.n_buckets == b
+    assert torch.equal(readable_details.rotations, details.rotations)
+    for field in ("round_outputs", "round_weights", "round_logsumexp"):
+        torch.testing.assert_close(getattr(readable_details, field), getattr(details, field), rtol=1e-12, atol=1e-12)
+
+
+def test_readable_version_is_exported_and_checks_its_inputs():
+    import srlib.attention
+
+    assert srlib.attention.readable_sparse_attention is readable_sparse_attention
+    assert "readable_sparse_attention" in srlib.attention.__all__
+    assert "readable_sparse_attention" in sparse_module.__all__
+    q, k, v = random_maps(1, 4, 3, 4, 4, seed=10)
+    rotations = random_rotations(4, 1, 4, 0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same number of channels"):
+        readable_sparse_attention(q, k[:, :3], v, n_rounds=1, chunk_size=4, n_buckets=4, rotations=rotations)
+    with pytest.raises(ValueError, match="rotations must have shape"):
+        readable_sparse_attention(q, k, v, n_rounds=2, chunk_size=4, n_buckets=4, rotations=rotations)
+
+
+def random_sparse_module(cls=NonLocalSparseAttention, **options):
+    torch.manual_seed(0)
+    module = cls(4, reduction=2, **options).double().eval()
+    if options.get("activation") == "prelu":
+        with torch.no_grad():
+            for layer in (module.query_key_embed, module.value_embed):
+                layer[1].weight.uniform_(0.05, 0.5)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [
+        ((14, 14), {"chunk_size": 16, "n_rounds": 3, "seed": 4}),  # 13 chunks: the buckets matter
+        ((14, 14), {"chunk_size": 16, "n_rounds": 2, "n_buckets": 6, "activation": "prelu"}),
+        ((5, 7), {"chunk_size": 8, "n_rounds": 2, "seed": 1}),  # L = 35, not a multiple of the chunk size
+        ((3, 4), {"chunk_size": 144, "n_rounds": 1}),  # one chunk: dense
+    ],
+)
+def test_module_equals_its_registered_loop_version_in_float64(size, options):
+    assert attention_entry("nlsa").loops is nlsa_loops
+    module = random_sparse_module(**options)
+    x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        out, details = module(x, return_details=True)
+        expected = nlsa_loops(module, x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    if size == (14, 14):  # several buckets really are in use, so the sort decides who meets whom
+        assert len(details.codes.unique()) > 2
+    # the loop version's rotations are the module's eval-mode draw; a fresh module's first training draw too
+    fresh = random_sparse_module(**options).train()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(4, 5), (1, 1), (7, 3)])
+def test_dense_match_attention_equals_its_loop_version_and_one_chunk_nlsa(size):
+    assert attention_entry("nlsa_dense").loops is nlsa_dense_loops
+    dense = random_sparse_module(DenseMatchAttention)
+    sparse = random_sparse_module(NonLocalSparseAttention, chunk_size=64, n_rounds=2)
+    sparse.load_state_dict(dense.state_dict())  # same layers, same checkpoint keys
+    x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        out = dense(x)
+        torch.testing.assert_close(out, nlsa_dense_loops(dense, x), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out, sparse(x), rtol=1e-10, atol=1e-12)  # L <= chunk: NLSA is dense
+        explicit, details = dense(x, return_details=True)
+        torch.testing.assert_close(explicit, out, rtol=1e-10, atol=1e-12)
+        length = size[0] * size[1]
+        assert isinstance(details, AttentionDetails) and details.weights.shape == (2, length, length)
+        assert details.map_size == size
 
 
 # --------------------------------------------------------------------------- special cases
@@ -249,27 +288,31 @@ def test_module_eval_is_deterministic_and_train_draws_fresh_buckets():
         assert not torch.equal(module(x, generator=11), first)
 
 
-def test_module_structure_and_residual():
+def test_module_structure_and_no_residual():
     module = NonLocalSparseAttention(16, seed=0)
-    assert module.match_embedding.kernel_size == (3, 3) and module.match_embedding.out_channels == 4
-    assert module.assembly_embedding.kernel_size == (1, 1) and module.assembly_embedding.out_channels == 16
+    query_key, value = module.query_key_embed[0], module.value_embed[0]
+    assert query_key.kernel_size == (3, 3) and query_key.out_channels == 4
+    assert value.kernel_size == (1, 1) and value.out_channels == 16
     assert sorted(module.state_dict()) == [
-        "assembly_embedding.bias", "assembly_embedding.weight", "match_embedding.bias", "match_embedding.weight",
+        "query_key_embed.0.bias", "query_key_embed.0.weight", "value_embed.0.bias", "value_embed.0.weight",
     ]
     x = torch.randn(2, 16, 9, 10, generator=torch.Generator().manual_seed(2))
     module.eval()
     with torch.no_grad():
         out, details = module(x, return_details=True)
         attention = non_local_sparse_attention(
-            module.match_embedding(x), module.match_embedding(x), module.assembly_embedding(x), n_rounds=4,
+            module.query_key_embed(x), module.query_key_embed(x), module.value_embed(x), n_rounds=4,
             chunk_size=144, generator=0,
         )
-        torch.testing.assert_close(out, x + attention)
+        torch.testing.assert_close(out, attention)  # the attention output only: NLSN adds x + res_scale * out
         assert details.n_buckets == 2  # 90 positions < 144: the fixed rule's floor
-        module.res_scale = 0.1
-        torch.testing.assert_close(module(x), x + 0.1 * attention)
-        module.res_scale = 0.0
-        assert torch.equal(module(x), x)
+        # no res_scale any more, and zero values give a zero output (a residual inside would give x)
+        assert not hasattr(module, "res_scale")
+        module.value_embed[0].weight.zero_()
+        module.value_embed[0].bias.zero_()
+        assert torch.equal(module(x), torch.zeros_like(x))
+    with pytest.raises(TypeError):
+        NonLocalSparseAttention(16, res_scale=0.1)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -288,7 +331,7 @@ def test_gradcheck_functional():
 
 def test_gradcheck_module_and_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
-    module = NonLocalSparseAttention(4, reduction=2, chunk_size=4, n_rounds=2, res_scale=0.5, seed=1).double().eval()
+    module = NonLocalSparseAttention(4, reduction=2, chunk_size=4, n_rounds=2, seed=1).double().eval()
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-6)
     module(x).square().sum().backward()
@@ -297,31 +340,6 @@ def test_gradcheck_module_and_every_parameter_gets_a_gradient():
 
 
 # --------------------------------------------------------------------------- blocks of chunks
-
-
-def unblocked_sparse_attention(query, key, value, rotations, chunk_size, before=1, after=1):
-    """NLSA with every round and chunk at once, from the lsh primitives (all scores of all rounds in one tensor).
-
-    Returns out (N, C_v, H, W), round outputs (N, R, L, C_v) and round log-normalisers (N, R, L).
-    """
-    n, _, height, width = query.shape
-    length = height * width
-    q = query.flatten(2).transpose(1, 2)  # (N, L, C_e)
-    k = key.flatten(2).transpose(1, 2)
-    v = value.flatten(2).transpose(1, 2)  # (N, L, C_v)
-    k = k / k.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
-    order, undo = sort_by_code(spherical_hash(k, rotations))  # (N, R, L)
-    q_chunks, valid = split_into_chunks(sort_positions(q, order), chunk_size)  # (N, R, nc, m, C_e), (nc, m)
-    k_seen = gather_neighbour_chunks(split_into_chunks(sort_positions(k, order), chunk_size)[0], before, after)
-    v_seen = gather_neighbour_chunks(split_into_chunks(sort_positions(v, order), chunk_size)[0], before, after)
-    key_valid = gather_neighbour_chunks(valid, before, after, dim=-2)  # (nc, K m)
-    scores = torch.einsum("nrcqd,nrckd->nrcqk", q_chunks, k_seen)  # (N, R, nc, m, K m)
-    probabilities, lse = softmax_with_logsumexp(scores, key_valid.unsqueeze(1))
-    out_chunks = torch.einsum("nrcqk,nrckd->nrcqd", probabilities, v_seen)  # (N, R, nc, m, C_v)
-    round_outputs = unsort_positions(merge_chunks(out_chunks, length), undo)  # (N, R, L, C_v)
-    round_lse = unsort_positions(merge_chunks(lse.unsqueeze(-1), length), undo).squeeze(-1)  # (N, R, L)
-    combined, _ = combine_rounds(round_outputs, round_lse)  # (N, L, C_v)
-    return combined.transpose(1, 2).reshape(n, -1, height, width), round_outputs, round_lse
 
 
 def score_entries_for(chunks_per_block, n, length, chunk_size, before, after):
@@ -355,17 +373,20 @@ def test_blocks_of_chunks_equal_the_unblocked_math(
         (out * cotangent).sum().backward()
         return out.detach(), [r.detach() for r in rest], [t.grad for t in inputs]
 
-    expected, (expected_round_out, expected_lse), expected_grads = run(
-        lambda *t: unblocked_sparse_attention(*t, rotations, chunk_size, before, after)
-    )
+    def through(function):
+        def call(query, key, value):
+            out, details = function(
+                query, key, value, n_rounds=n_rounds, chunk_size=chunk_size, n_buckets=None, rotations=rotations,
+                chunks_before=before, chunks_after=after, return_details=True,
+            )
+            round_out = details.round_outputs.flatten(3).transpose(2, 3)  # (N, R, L, C_v)
+            return out, round_out, details.round_logsumexp.flatten(2)
 
-    def sparse(query, key, value):
-        out, details = non_local_sparse_attention(
-            query, key, value, n_rounds=n_rounds, chunk_size=chunk_size, rotations=rotations,
-            chunks_before=before, chunks_after=after, return_details=True,
-        )
-        round_out = details.round_outputs.flatten(3).transpose(2, 3)  # (N, R, L, C_v)
-        return out, round_out, details.round_logsumexp.flatten(2)
+        return call
+
+    # readable_sparse_attention: every round and chunk at once, all scores in one tensor
+    expected, (expected_round_out, expected_lse), expected_grads = run(through(readable_sparse_attention))
+    sparse = through(non_local_sparse_attention)
 
     entries = score_entries_for(chunks_per_block, n, height * width, chunk_size, before, after)
     monkeypatch.setattr(sparse_module, "_BLOCK_SCORE_ENTRIES", entries)
@@ -441,7 +462,7 @@ def test_module_rejects_bad_arguments_and_inputs():
     with pytest.raises(TypeError, match="seed must be an integer"):
         NonLocalSparseAttention(8, seed=0.5)
     module = NonLocalSparseAttention(8)
-    with pytest.raises(ValueError, match=r"expects a \(N, 8, H, W\) feature map"):
+    with pytest.raises(ValueError, match=r"expects x as a \(N, 8, H, W\) feature map"):
         module(torch.zeros(1, 4, 5, 5))
     with pytest.raises(TypeError, match="Generator or an integer seed"):
         module(torch.zeros(1, 8, 5, 5), generator=0.5)

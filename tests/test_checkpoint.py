@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
 
+from srlib.attention.registry import ATTENTION, available_attention
 from srlib.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -18,6 +24,8 @@ from srlib.checkpoint import (
     save_checkpoint,
 )
 from srlib.models import build_model
+from srlib.models.registry import MODELS
+from srlib.plugins import PluginError, load_plugins, plugin_module_name, plugins_from_environment
 
 UNPICKLED = []
 
@@ -223,3 +231,164 @@ def test_export_refuses_bad_sources(tmp_path, model):
     with pytest.raises(CheckpointMismatchError, match="missing keys"):
         export_checkpoint(tmp_path / "broken.pt", tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+# -- plugins: files outside the package that register attention modules or models -----------------
+
+GATE_PLUGIN = textwrap.dedent('''
+    import torch
+    from torch import nn
+    from srlib.attention import register_attention
+
+    with open(__file__ + ".imports", "a") as log:  # one line per execution of this file
+        log.write("imported\\n")
+
+
+    @register_attention("plugin_gate", kind="in_scale")
+    class PluginGate(nn.Module):
+        """A 1x1 sigmoid gate: the smallest in-scale attention."""
+
+        def __init__(self, channels, reduction=2):
+            super().__init__()
+            self.gate = nn.Conv2d(channels, channels, 1)
+
+        def forward(self, x, return_details=False):
+            out = x * torch.sigmoid(self.gate(x))
+            return (out, {}) if return_details else out
+''')
+
+
+@pytest.fixture()
+def scratch_registries(monkeypatch):
+    """Registrations made by a test (through plugins) are forgotten after it, as in a new process."""
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    monkeypatch.setattr(ATTENTION, "_entries", dict(ATTENTION._entries))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("srlib_plugin_"):
+            del sys.modules[name]
+
+
+def _registry_snapshots():
+    return [(MODELS, dict(MODELS._entries)), (ATTENTION, dict(ATTENTION._entries))]
+
+
+def _forget_plugins(monkeypatch, registry_snapshots):
+    """Simulate a fresh process: drop the plugin modules and what they registered."""
+    for registry, entries in registry_snapshots:
+        monkeypatch.setattr(registry, "_entries", dict(entries))
+    for name in [n for n in sys.modules if n.startswith("srlib_plugin_")]:
+        del sys.modules[name]
+
+
+def test_load_plugins_imports_once_and_returns_absolute_paths(tmp_path, monkeypatch, scratch_registries):
+    plugin = tmp_path / "gate.py"
+    plugin.write_text(GATE_PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    assert "plugin_gate" not in available_attention()
+    assert load_plugins(["gate.py"]) == [str(plugin.resolve())]
+    assert "plugin_gate" in available_attention("in_scale")
+    module = sys.modules[plugin_module_name(plugin)]
+    # Loading again (relative or absolute, a single path, a duplicate) is a no-op.
+    assert load_plugins([plugin, "gate.py"]) == [str(plugin.resolve())]
+    assert load_plugins(str(plugin)) == [str(plugin.resolve())]
+    assert sys.modules[plugin_module_name(plugin)] is module
+    assert (tmp_path / "gate.py.imports").read_text() == "imported\n"
+    assert load_plugins(None) == [] and load_plugins([]) == []
+    # Same file name in another folder: another module, no clash of module names.
+    assert plugin_module_name(tmp_path / "other" / "gate.py") != plugin_module_name(plugin)
+
+
+def test_plugin_errors_name_the_file(tmp_path, scratch_registries):
+    missing = tmp_path / "nowhere" / "attention.py"
+    with pytest.raises(PluginError, match=r"plugin file .*nowhere.attention\.py does not exist.*--plugin"):
+        load_plugins([missing])
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\nraise RuntimeError('the plugin is not finished')\n")
+    with pytest.raises(PluginError) as info:
+        load_plugins([broken])
+    message = str(info.value)
+    assert str(broken) in message and "RuntimeError: the plugin is not finished" in message
+    assert isinstance(info.value, ValueError) and isinstance(info.value.__cause__, RuntimeError)
+    assert plugin_module_name(broken) not in sys.modules
+    syntax = tmp_path / "syntax.py"
+    syntax.write_text("def oops(:\n")
+    with pytest.raises(PluginError, match=r"syntax\.py failed to import \(SyntaxError"):
+        load_plugins([syntax])
+    # Once fixed, the same file loads (a failed import leaves nothing behind).
+    broken.write_text(GATE_PLUGIN)
+    assert load_plugins([broken]) == [str(broken.resolve())]
+    assert "plugin_gate" in available_attention()
+    (tmp_path / "folder.py").mkdir()
+    with pytest.raises(PluginError, match="folder.py is not a file"):
+        load_plugins([tmp_path / "folder.py"])
+
+
+def test_plugins_from_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("SRLIB_PLUGINS", raising=False)
+    assert plugins_from_environment() == []
+    value = os.pathsep.join([str(tmp_path / "a.py"), "", str(tmp_path / "b.py")])
+    monkeypatch.setenv("SRLIB_PLUGINS", value)
+    assert plugins_from_environment() == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    assert plugins_from_environment({"SRLIB_PLUGINS": "x.py"}) == ["x.py"]
+
+
+def _plugin_attention_checkpoint(tmp_path):
+    """A checkpoint of NLSN with the attention of a plugin file, recording that file."""
+    plugin = tmp_path / "plugins" / "gate.py"
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    plugin.write_text(GATE_PLUGIN)
+    paths = load_plugins([plugin])
+    torch.manual_seed(0)
+    model = build_model("nlsn", 2, n_feats=8, n_blocks=1, attention_every=1, attention="plugin_gate")
+    path = save_checkpoint(tmp_path / "run" / "checkpoint.pt", checkpoint_payload(model, plugins=paths))
+    return plugin, path, model.eval()
+
+
+def test_model_from_checkpoint_loads_the_recorded_plugins(tmp_path, monkeypatch, scratch_registries):
+    snapshots = _registry_snapshots()  # before the plugin registers anything
+    plugin, path, model = _plugin_attention_checkpoint(tmp_path)
+    assert load_checkpoint(path)["plugins"] == [str(plugin.resolve())]
+    _forget_plugins(monkeypatch, snapshots)
+    assert "plugin_gate" not in available_attention()
+    restored = model_from_checkpoint(path)  # imports gate.py again
+    assert "plugin_gate" in available_attention()
+    x = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+    # A slim export keeps the record.
+    export_checkpoint(path, tmp_path / "slim.pt")
+    assert load_checkpoint(tmp_path / "slim.pt")["plugins"] == [str(plugin.resolve())]
+
+
+def test_checkpoint_whose_plugin_file_is_gone_names_it(tmp_path, monkeypatch, scratch_registries):
+    snapshots = _registry_snapshots()  # before the plugin registers anything
+    plugin, path, model = _plugin_attention_checkpoint(tmp_path)
+    moved = tmp_path / "elsewhere" / "gate.py"
+    moved.parent.mkdir()
+    shutil.move(plugin, moved)
+    _forget_plugins(monkeypatch, snapshots)
+    with pytest.raises(CheckpointError) as info:
+        model_from_checkpoint(path)
+    message = str(info.value)
+    assert str(plugin) in message and "no longer exists" in message and "put the file back" in message
+    assert "--plugin" in message and "plugin_gate" in message
+    assert not isinstance(info.value, CheckpointMismatchError)
+    # A copy loaded beforehand from its new place stands in for the missing file.
+    load_plugins([moved])
+    x = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(model_from_checkpoint(path)(x), model(x))
+
+
+def test_checkpoint_whose_plugin_fails_to_import_names_it(tmp_path, monkeypatch, scratch_registries):
+    snapshots = _registry_snapshots()  # before the plugin registers anything
+    plugin, path, _ = _plugin_attention_checkpoint(tmp_path)
+    plugin.write_text("raise ImportError('needs a package that is not installed')\n")
+    _forget_plugins(monkeypatch, snapshots)
+    with pytest.raises(CheckpointError, match=r"the plugin .*gate\.py, which cannot be loaded.*ImportError"):
+        model_from_checkpoint(path)
+    payload = checkpoint_payload(build_model("edsr_baseline", 2, n_feats=8, n_blocks=1), plugins="gate.py")
+    with pytest.raises(CheckpointError, match="malformed 'plugins'"):
+        model_from_checkpoint(payload)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
+from srlib.attention.registry import ATTENTION
+from srlib.checkpoint import load_checkpoint
 from srlib.cli import main
 from srlib.data import DatasetNotFoundError, find_dataset
+from srlib.models.registry import MODELS
 
 # Published bicubic baselines (Y channel, shave = scale): e.g. DLSN Table 3, CSNLN Table 2.
 PUBLISHED = {
@@ -149,3 +154,133 @@ def test_models_command_reports_parameters_and_flops(capsys):
     model = build_model("edsr_baseline", 2, n_feats=32, n_blocks=4)
     assert f"{count_parameters(model):,}" in row
     assert f"{count_flops(model, lr_size=(64, 64)) / 1e9:.2f}" in row
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+
+CLI_PLUGIN = textwrap.dedent('''
+    from torch import nn
+    from srlib.models import check_lr_batch, register_model
+
+
+    class CliPluginNet(nn.Module):
+        def __init__(self, scale, width=4):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+        def forward(self, lr):
+            check_lr_batch(lr)
+            return self.body(lr)
+
+
+    @register_model("cli_plugin_net", presets={"smoke": {"model_options": {"width": 3}, "final_sets": ["Set5"],
+                                                         "val_tile": 40}})
+    def build_cli_plugin_net(scale, width=4):
+        return CliPluginNet(scale, width)
+''')
+
+
+@pytest.fixture()
+def fresh_process(monkeypatch):
+    """Returns a function that forgets the plugins loaded so far, as a new process would."""
+    monkeypatch.delenv("SRLIB_PLUGINS", raising=False)
+    snapshots = [(registry, dict(registry._entries)) for registry in (MODELS, ATTENTION)]
+    before = set(sys.modules)
+
+    def forget():
+        for registry, entries in snapshots:
+            monkeypatch.setattr(registry, "_entries", dict(entries))
+        for name in set(sys.modules) - before:
+            if name.startswith("srlib_plugin_"):
+                del sys.modules[name]
+
+    forget()
+    yield forget
+    forget()
+
+
+def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fresh_process):
+    plugin = tmp_path / "plugins" / "cli_plugin_net.py"
+    plugin.parent.mkdir()
+    plugin.write_text(CLI_PLUGIN)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--model", "cli_plugin_net", "--plugin", str(plugin),
+                 "--out", str(run), "--steps", "2", "--val-tile", "24", "--no-progress"]) == 0
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert payload["model_name"] == "cli_plugin_net" and payload["model_options"] == {"width": 3}
+    assert payload["plugins"] == payload["config"]["plugins"] == [str(plugin.resolve())]
+    assert payload["config"]["val_tile"] == 24  # --val-tile wins over the model's preset (40)
+    assert set(json.loads((run / "metrics.json").read_text())["datasets"]) == {"Set5"}
+
+    # A new process: eval loads the plugin the checkpoint records.
+    fresh_process()
+    scores = tmp_path / "scores.json"
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
+                 "--max-images", "1", "--json", str(scores), "--no-progress"]) == 0
+    assert json.loads(scores.read_text())["Set5"]["images"] == 1
+
+    # The plugin file moved: one clear error naming it; --plugin with its new place works.
+    moved = tmp_path / "moved" / "cli_plugin_net.py"
+    moved.parent.mkdir()
+    shutil.move(plugin, moved)
+    fresh_process()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
+                 "--max-images", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert str(plugin.resolve()) in err and "put the file back" in err and "--plugin" in err
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
+                 "--max-images", "1", "--no-progress", "--plugin", str(moved)]) == 0
+
+    import torch
+
+    from srlib.data import load_image, save_image
+
+    save_image(torch.zeros(3, 9, 7, dtype=torch.uint8), tmp_path / "in.png")
+    fresh_process()
+    assert main(["upscale", str(tmp_path / "in.png"), "--checkpoint", str(run / "checkpoint.pt"),
+                 "-o", str(tmp_path / "out.png"), "--plugin", str(moved)]) == 0
+    assert tuple(load_image(tmp_path / "out.png").shape) == (3, 18, 14)
+
+
+def test_srlib_plugins_environment_and_whole_image_validation(tmp_path, monkeypatch, fresh_process):
+    plugin = tmp_path / "cli_plugin_net.py"
+    plugin.write_text(CLI_PLUGIN)
+    monkeypatch.setenv("SRLIB_PLUGINS", str(plugin))
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--model", "cli_plugin_net", "--out", str(run), "--steps", "1",
+                 "--val-tile", "0", "--no-progress"]) == 0
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert payload["plugins"] == [str(plugin.resolve())]
+    assert payload["config"]["val_tile"] is None  # 0: whole images, although the preset tiles (40)
+
+
+def test_bad_model_or_plugin_is_one_clear_error(tmp_path, capsys, fresh_process):
+    for argv, expected in (
+        (["--model", "no_such_net"], ["no_such_net", "edsr_baseline", "--plugin"]),
+        (["--model", "bicubic"], ["bicubic", "no parameters"]),
+        (["--plugin", str(tmp_path / "missing.py")], ["missing.py", "does not exist"]),
+        (["--val-tile", "-4"], ["--val-tile", "-4"]),
+    ):
+        capsys.readouterr()
+        status = main(["train", "--preset", "smoke", "--out", str(tmp_path / "run"), "--steps", "1",
+                       "--no-progress", *argv])
+        err = capsys.readouterr().err
+        assert status == 2, argv
+        assert err.startswith("error:") and err.count("\n") == 1, err
+        assert all(word in err for word in expected), (argv, err)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    import torch
+
+    from srlib.data import save_image
+
+    save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "in.png")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('not finished')\n")
+    assert main(["upscale", str(tmp_path / "in.png"), "--model", "bicubic", "--scale", "2",
+                 "-o", str(tmp_path / "o.png"), "--plugin", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "broken.py failed to import (RuntimeError: not finished)" in err
+    assert not (tmp_path / "o.png").exists()

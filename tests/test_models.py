@@ -26,6 +26,14 @@ def tiny_edsr(scale: int, seed: int = 0, **options):
     return build_model("edsr_baseline", scale, **{**TINY, **options})
 
 
+def tiny_model(name: str, scale: int, seed: int = 0):
+    """Any registered model at the size of its smoke preset (small enough for a 7x9 input)."""
+    from srlib.models import model_presets
+
+    torch.manual_seed(seed)
+    return build_model(name, scale, **model_presets(name, "smoke").get("model_options", {}))
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 
@@ -89,23 +97,46 @@ def test_registering_a_taken_name_with_another_builder_fails():
 # --- forward shapes and input checks ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["bicubic", "edsr_baseline"])
+@pytest.mark.parametrize("name", available_models())
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_shape_on_odd_sizes(name, scale):
-    model = tiny_edsr(scale) if name == "edsr_baseline" else build_model(name, scale)
+    model = tiny_model(name, scale)
     lr = torch.rand(2, 3, 7, 9)
     sr = model(lr)
     assert sr.shape == (2, 3, 7 * scale, 9 * scale)
     assert sr.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["bicubic", "edsr_baseline"])
+@pytest.mark.parametrize("name", available_models())
 @pytest.mark.parametrize("shape", [(3, 8, 8), (1, 1, 8, 8), (1, 4, 8, 8), (1, 1, 3, 8, 8)])
 def test_bad_input_shape_is_reported(name, shape):
-    model = tiny_edsr(2) if name == "edsr_baseline" else build_model(name, 2)
+    model = tiny_model(name, 2)
     with pytest.raises(ValueError) as info:
         model(torch.rand(shape))
     assert str(tuple(shape)) in str(info.value)
+
+
+@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_refused_with_their_count(name, bad):
+    lr = torch.rand(1, 3, 8, 8)
+    lr[0, 1, 2, 3] = bad
+    lr[0, 2, 5, 5] = bad
+    with pytest.raises(ValueError, match="2 non-finite") as info:
+        tiny_model(name, 2)(lr)
+    assert "torch.nan_to_num" in str(info.value)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_model_rebuilds_from_its_stamped_options(name):
+    model = tiny_model(name, 2)
+    assert model.model_name == name and model.scale == 2
+    options = json.loads(json.dumps(model.options))  # what a checkpoint round-trip gives
+    rebuilt = build_model(name, 2, **options)
+    rebuilt.load_state_dict(model.state_dict())
+    lr = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(lr), model.eval()(lr))
 
 
 def test_uint8_input_is_rejected_with_advice():

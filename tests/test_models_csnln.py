@@ -9,8 +9,10 @@ import torch
 
 from srlib.attention import (
     CrossScaleAttention,
+    NaiveCrossScaleAttention,
     NonLocalAttention,
     RegionNonLocalAttention,
+    available_attention,
 )
 from srlib.checkpoint import checkpoint_payload, model_from_checkpoint, save_checkpoint
 from srlib.data.io import load_image, save_image
@@ -26,8 +28,8 @@ from srlib.models.csnln import (
     CSNLN,
     CSNLN_OFFICIAL_OPTIONS,
     MutualProjectedFusion,
-    NaiveCrossScaleAttention,
     SelfExemplarsMiningCell,
+    upgrade_csnln_checkpoint,
 )
 from srlib.models.edsr import DIV2K_RGB_MEAN
 from srlib.train import preset_config, train
@@ -50,8 +52,9 @@ def conv_params(c_in: int, c_out: int, k: int) -> int:
 def test_registered_with_complete_json_options_that_rebuild_it():
     assert "csnln" in available_models()
     defaults = model_options("csnln")
-    assert defaults["n_feats"] == 32 and defaults["depth"] == 4 and defaults["cross_scale"] == "proposed"
-    model = tiny_csnln(3, in_scale="region", cross_scale="naive", normalization="constant6")
+    assert defaults["n_feats"] == 32 and defaults["depth"] == 4 and defaults["cross_scale_attention"] == "cross_scale"
+    model = tiny_csnln(3, in_scale_attention="region_non_local", cross_scale_attention="cross_scale_naive",
+                       cross_scale_options={"softmax_scale": 5.0})
     assert isinstance(model, CSNLN) and model.model_name == "csnln" and model.scale == 3
     assert set(model.options) == set(defaults)
     options = json.loads(json.dumps(model.options))  # what a checkpoint or config round trip gives
@@ -66,15 +69,36 @@ def test_registered_with_complete_json_options_that_rebuild_it():
 @pytest.mark.parametrize(
     "bad",
     [
-        dict(n_feats=0), dict(depth=0), dict(reduction=64), dict(patch_size=2), dict(softmax_scale=-1.0),
-        dict(in_scale="local"), dict(cross_scale="pixel"), dict(normalization="nine"), dict(x4_stages=3),
-        dict(regions=0),
+        (dict(n_feats=0), "n_feats"), (dict(depth=0), "depth"), (dict(x4_stages=3), "x4_stages"),
+        (dict(in_scale_options={"reduction": 64}), "reduction"),
+        (dict(cross_scale_options={"patch_size": 2}), "patch_size"),
+        (dict(cross_scale_options={"softmax_scale": -1.0}), "softmax_scale"),
+        (dict(in_scale_attention="local"), "unknown attention 'local'"),
+        (dict(cross_scale_attention="pixel"), "unknown attention 'pixel'"),
+        (dict(cross_scale_options={"normalization": "nine"}), "normalization"),
+        (dict(in_scale_attention="region_non_local", in_scale_options={"regions": [0, 2]}), "regions"),
+        (dict(cross_scale_options={"scale": 2}), "scale"),
+        (dict(cross_scale_attention="none", cross_scale_options={"patch_size": 3}), "none"),
     ],
 )
 def test_invalid_options_are_refused_by_name(bad):
-    name = next(iter(bad))
+    bad, name = bad
     with pytest.raises(ValueError, match=name):
         build_model("csnln", 4, **bad)
+
+
+def test_a_branch_refuses_an_attention_of_the_wrong_kind_and_lists_those_that_fit():
+    with pytest.raises(ValueError) as info:
+        build_model("csnln", 2, in_scale_attention="cross_scale")
+    message = str(info.value)
+    assert "'cross_scale'" in message and "in_scale" in message
+    for name in available_attention("in_scale"):
+        assert name in message
+
+
+def test_unknown_attention_options_are_named():
+    with pytest.raises(TypeError, match="n_rounds"):
+        build_model("csnln", 2, cross_scale_options={"n_rounds": 2})
 
 
 def test_unsupported_scale_names_the_supported_ones():
@@ -100,11 +124,13 @@ def test_bad_inputs_get_the_shared_errors():
         (3, (7, 9), {}),
         (4, (10, 6), {}),
         (4, (5, 3), dict(x4_stages=2)),
-        (3, (7, 9), dict(in_scale="region", regions=2)),
-        (2, (1, 1), dict(normalization="constant6", patch_size=1)),
-        (3, (4, 5), dict(cross_scale="naive")),
-        (3, (4, 5), dict(cross_scale="in_scale")),
-        (4, (4, 5), dict(cross_scale="none")),
+        (3, (7, 9), dict(in_scale_attention="region_non_local", in_scale_options={"regions": [2, 2]})),
+        (2, (1, 1), dict(cross_scale_options={"normalization": "constant6", "patch_size": 1})),
+        (3, (4, 5), dict(cross_scale_attention="cross_scale_naive")),
+        (3, (4, 5), dict(cross_scale_attention="cross_scale_pixel")),
+        (3, (4, 5), dict(cross_scale_attention="non_local")),
+        (2, (4, 5), dict(cross_scale_attention="nlsa")),
+        (4, (4, 5), dict(cross_scale_attention="none")),
     ],
 )
 def test_any_lr_size_gives_scale_times_the_size(scale, size, options):
@@ -169,8 +195,9 @@ def test_official_size_matches_the_paper():
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_ablation_variants_have_the_documented_budgets(scale):
     f, r = 8, 2
-    counts = {kind: count_parameters(tiny_csnln(scale, cross_scale=kind)) for kind in
-              ("proposed", "naive", "in_scale", "none")}
+    counts = {kind: count_parameters(tiny_csnln(scale, cross_scale_attention=name)) for kind, name in
+              (("proposed", "cross_scale"), ("naive", "cross_scale_naive"), ("in_scale", "non_local"),
+               ("none", "none"))}
     # Supplement Table 1: proposed, naive and in-scale attention compared at an equal budget.
     assert counts["proposed"] == counts["naive"] == counts["in_scale"]
     embeddings = 2 * (conv_params(f, f // r, 1) + 1) + conv_params(f, f, 1) + 1  # theta, delta, psi + PReLUs
@@ -181,23 +208,25 @@ def test_ablation_variants_have_the_documented_budgets(scale):
 def test_documented_default_counts():
     # The numbers in the CSNLN docstring (defaults: 32 channels, 4 recurrences, x2).
     assert count_parameters(build_model("csnln", 2)) == 193_169
-    assert count_parameters(build_model("csnln", 2, cross_scale="naive")) == 193_169
-    assert count_parameters(build_model("csnln", 2, cross_scale="none")) == 172_557
+    assert count_parameters(build_model("csnln", 2, cross_scale_attention="cross_scale_naive")) == 193_169
+    assert count_parameters(build_model("csnln", 2, cross_scale_attention="none")) == 172_557
 
 
 def test_variants_use_the_library_attention_modules():
-    stage = tiny_csnln(2, in_scale="region").sem.stages[0]
+    stage = tiny_csnln(2, in_scale_attention="region_non_local").sem.stages[0]
     assert isinstance(stage.in_scale_attention, RegionNonLocalAttention)
     assert type(stage.cross_scale_attention) is CrossScaleAttention
-    naive = tiny_csnln(2, cross_scale="naive").sem.stages[0]
+    naive = tiny_csnln(2, cross_scale_attention="cross_scale_naive").sem.stages[0]
     assert isinstance(naive.cross_scale_attention, NaiveCrossScaleAttention)
-    assert isinstance(tiny_csnln(2, cross_scale="in_scale").sem.stages[0].cross_scale_attention, NonLocalAttention)
-    assert tiny_csnln(2, cross_scale="none").sem.stages[0].cross_scale_attention is None
+    assert naive.cross_scale_attention.scale == 2  # the model gives the stage's factor
+    second = tiny_csnln(2, cross_scale_attention="non_local").sem.stages[0].cross_scale_attention
+    assert isinstance(second, NonLocalAttention)
+    assert tiny_csnln(2, cross_scale_attention="none").sem.stages[0].cross_scale_attention is None
 
 
 def test_naive_branch_output_is_constant_on_each_block():
     # Supplement eq. 2: values come from the downscaled map, so F_C carries no sub-block detail.
-    stage = tiny_csnln(3, cross_scale="naive").sem.stages[0]
+    stage = tiny_csnln(3, cross_scale_attention="cross_scale_naive").sem.stages[0]
     features = torch.randn(1, 8, 4, 5)
     f_c = stage.cross_scale_upsample(stage.cross_scale_attention(features))  # (1, 8, 12, 15)
     assert f_c.shape == (1, 8, 12, 15)
@@ -226,7 +255,9 @@ def test_mutual_projected_fusion_follows_eq_5_to_8():
 # --- training machinery -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [dict(), dict(x4_stages=2, in_scale="region", cross_scale="naive")])
+@pytest.mark.parametrize(
+    "options", [dict(), dict(x4_stages=2, in_scale_attention="region_non_local", cross_scale_attention="cross_scale_naive")]
+)
 def test_gradients_reach_every_parameter(options):
     model = tiny_csnln(4, **options)
     lr = torch.rand(2, 3, 6, 5)
@@ -239,7 +270,7 @@ def test_gradients_reach_every_parameter(options):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
-    model = tiny_csnln(3, cross_scale="naive", normalization="constant6").eval()
+    model = tiny_csnln(3, cross_scale_attention="cross_scale_naive", cross_scale_options={"softmax_scale": 5.0}).eval()
     path = save_checkpoint(tmp_path / "csnln.pt", checkpoint_payload(model))
     restored = model_from_checkpoint(path, expected_model="csnln", expected_scale=3)
     assert isinstance(restored, CSNLN) and restored.options == model.options
@@ -254,7 +285,7 @@ def test_flops_are_counted_and_grow_faster_than_the_image():
     assert small > 0
     # Convolutions alone would give exactly 4x; the attention's (h w)^2 terms make it more.
     assert large > 4 * small
-    assert count_flops(tiny_csnln(2, cross_scale="none"), (8, 8)) < small
+    assert count_flops(tiny_csnln(2, cross_scale_attention="none"), (8, 8)) < small
 
 
 def test_smoke_training_run(tmp_path):
@@ -272,3 +303,33 @@ def test_smoke_training_run(tmp_path):
     assert len(result["history"]["val_psnr"]) == 1 and result["history"]["val_psnr"][0] > 0
     restored = model_from_checkpoint(result["checkpoint"], expected_model="csnln", expected_scale=2)
     assert restored.options["n_feats"] == 8 and restored.options["depth"] == 2
+
+
+# --- checkpoints of the pre-registry layout -----------------------------------------------------
+
+
+LEGACY_OPTIONS = {
+    "n_feats": 8, "depth": 2, "reduction": 2, "patch_size": 3, "softmax_scale": 10.0, "in_scale": "region",
+    "regions": 2, "cross_scale": "naive", "normalization": "overlap", "x4_stages": 1,
+}
+
+
+def test_legacy_options_and_keys_are_upgraded():
+    options, state = upgrade_csnln_checkpoint(
+        LEGACY_OPTIONS, {"sem.stages.0.in_scale_attention.theta.0.weight": torch.zeros(1), "head.0.bias": torch.ones(1)}
+    )
+    assert options == {
+        "n_feats": 8, "depth": 2, "in_scale_attention": "region_non_local",
+        "in_scale_options": {"reduction": 2, "regions": [2, 2]}, "cross_scale_attention": "cross_scale_naive",
+        "cross_scale_options": {"reduction": 2, "softmax_scale": 10.0}, "x4_stages": 1,
+    }
+    assert set(state) == {"sem.stages.0.in_scale_attention.query_embed.0.weight", "head.0.bias"}
+    current = tiny_csnln(2).options
+    assert upgrade_csnln_checkpoint(current, {})[0] == current  # today's layout passes unchanged
+
+
+@pytest.mark.parametrize("legacy, name", [("proposed", "cross_scale"), ("in_scale", "non_local"), ("none", "none")])
+def test_every_legacy_third_branch_has_its_counterpart(legacy, name):
+    options, _ = upgrade_csnln_checkpoint({**LEGACY_OPTIONS, "cross_scale": legacy, "in_scale": "global"}, {})
+    assert options["cross_scale_attention"] == name
+    build_model("csnln", 2, **options)  # the upgraded options build

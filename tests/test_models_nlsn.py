@@ -19,16 +19,25 @@ from srlib.models import (
     model_options,
 )
 from srlib.models.edsr import ResidualBlock
-from srlib.models.nlsn import NLSN, NLSN_OFFICIAL_OPTIONS, DenseMatchAttention, attention_positions
+from srlib.attention.sparse import DenseMatchAttention
+from srlib.models.blocks import ResidualAttention
+from srlib.models.nlsn import NLSN, NLSN_OFFICIAL_OPTIONS, attention_positions, upgrade_nlsn_checkpoint
 
 # Small enough to run in milliseconds; chunk_size=16 makes maps of more than 16 LR pixels use
 # several chunks and buckets, so that the hashing (and its randomness) changes the output.
 TINY = {"n_feats": 8, "n_blocks": 2, "attention_every": 1, "chunk_size": 16, "n_rounds": 2}
+# Options of the attention itself (NLSA), passed through the model's attention_options.
+ATTENTION_KEYS = ("reduction", "chunk_size", "n_rounds", "n_buckets")
 
 
 def tiny_nlsn(scale: int, weight_seed: int = 0, **options) -> NLSN:
+    """A small NLSN; NLSA's own options (chunk_size, n_rounds, ...) go into attention_options."""
     torch.manual_seed(weight_seed)
-    return build_model("nlsn", scale, **{**TINY, **options})
+    merged = {**TINY, **options}
+    attention = {k: merged.pop(k) for k in ATTENTION_KEYS if k in merged}
+    if merged.get("attention", "nlsa") == "none":
+        attention = {}
+    return build_model("nlsn", scale, **merged, attention_options=attention)
 
 
 def conv_params(c_in: int, c_out: int, k: int) -> int:
@@ -51,7 +60,7 @@ def expected_parameters(scale: int, n_feats: int, n_blocks: int, attention_every
 
 
 def body_layout(model: NLSN) -> list[str]:
-    kinds = {NonLocalSparseAttention: "A", ResidualBlock: "R"}
+    kinds = {ResidualAttention: "A", ResidualBlock: "R"}
     return [kinds[type(layer)] for layer in model.body]
 
 
@@ -62,8 +71,8 @@ def test_registered_with_complete_json_options_that_rebuild_it():
     assert "nlsn" in available_models()
     defaults = model_options("nlsn")
     assert defaults == {
-        "n_feats": 32, "n_blocks": 8, "attention_every": 4, "reduction": 4, "chunk_size": 144, "n_rounds": 4,
-        "n_buckets": None, "res_scale": 0.1, "attention_res_scale": 1.0, "seed": 0, "attention": "sparse",
+        "n_feats": 32, "n_blocks": 8, "attention_every": 4, "res_scale": 0.1, "attention": "nlsa",
+        "attention_options": None, "attention_res_scale": 1.0, "seed": 0,
     }
     model = tiny_nlsn(3, n_buckets=4, seed=5)
     assert isinstance(model, NLSN) and model.model_name == "nlsn" and model.scale == 3
@@ -89,7 +98,7 @@ def test_registered_with_complete_json_options_that_rebuild_it():
 def test_invalid_options_are_refused_by_name(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
-        build_model("nlsn", 2, **{**TINY, **bad})
+        tiny_nlsn(2, **bad)
 
 
 def test_unsupported_scale_names_the_supported_ones():
@@ -132,7 +141,8 @@ def test_body_interleaves_blocks_and_attention_as_documented(n_blocks, attention
     assert blocks_before_each_attention == model.attention_after_blocks
     assert model.attention_after_blocks == attention_positions(n_blocks, attention_every)
     assert len(model.attention_modules()) == 1 + n_blocks // attention_every
-    assert model.attention_modules() == [layer for layer in model.body if isinstance(layer, NonLocalSparseAttention)]
+    assert model.attention_modules() == [layer.attention for layer in model.body if isinstance(layer, ResidualAttention)]
+    assert all(isinstance(m, NonLocalSparseAttention) for m in model.attention_modules())
 
 
 def test_attention_modules_get_the_options_and_distinct_derived_seeds():
@@ -140,9 +150,8 @@ def test_attention_modules_get_the_options_and_distinct_derived_seeds():
     modules = model.attention_modules()
     assert [m.seed for m in modules] == [7, 8, 9]
     for m in modules:
-        assert (m.channels, m.embed_channels, m.chunk_size, m.n_rounds, m.n_buckets, m.res_scale) == (
-            8, 4, 16, 2, 6, 0.5
-        )
+        assert (m.channels, m.embed_channels, m.chunk_size, m.n_rounds, m.n_buckets) == (8, 4, 16, 2, 6)
+    assert {layer.res_scale for layer in model.body if isinstance(layer, ResidualAttention)} == {0.5}
     blocks = [layer for layer in model.body if isinstance(layer, ResidualBlock)]
     assert all(block.res_scale == 0.1 for block in blocks)
 
@@ -204,7 +213,7 @@ def test_eval_mode_is_deterministic_and_depends_on_the_seed():
     with torch.no_grad():
         first, second = model(lr), model(lr)
         assert torch.equal(first, second)
-        reseeded = build_model("nlsn", 2, **{**TINY, "seed": 1}).eval()
+        reseeded = tiny_nlsn(2, seed=1).eval()
         reseeded.load_state_dict(model.state_dict())  # same weights, other hash rotations
         assert not torch.allclose(reseeded(lr), first)
 
@@ -243,7 +252,7 @@ def test_official_size_is_the_papers_44m():
     assert count_parameters(model) == expected_parameters(4, 256, 32, 8, 4) == 44_156_483
     assert model.attention_after_blocks == (0, 8, 16, 24, 32)
     assert sum(count_parameters(m) for m in model.attention_modules()) == 5 * 213_312
-    assert {m.res_scale for m in model.attention_modules()} == {0.1}
+    assert {layer.res_scale for layer in model.body if isinstance(layer, ResidualAttention)} == {0.1}
 
 
 def test_flops_are_the_backbone_plus_each_nlsa():
@@ -292,9 +301,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 
 def test_dense_kind_equals_sparse_with_one_chunk_and_same_weights():
     torch.manual_seed(0)
-    options = dict(n_feats=8, n_blocks=2, attention_every=2, n_rounds=1)
-    dense = build_model("nlsn", 2, attention="dense", **options).double().eval()
-    sparse = build_model("nlsn", 2, attention="sparse", chunk_size=1000, **options).double().eval()
+    options = dict(n_feats=8, n_blocks=2, attention_every=2)
+    dense = build_model("nlsn", 2, attention="nlsa_dense", attention_options={"n_rounds": 1}, **options).double().eval()
+    sparse = build_model(
+        "nlsn", 2, attention="nlsa", attention_options={"n_rounds": 1, "chunk_size": 1000}, **options
+    ).double().eval()
     assert count_parameters(dense) == count_parameters(sparse)
     sparse.load_state_dict(dense.state_dict())
     lr = torch.rand(2, 3, 9, 7, dtype=torch.float64)  # 63 positions: one chunk holds them all
@@ -313,12 +324,41 @@ def test_none_kind_is_the_backbone_alone():
     assert plain(torch.rand(1, 3, 5, 6)).shape == (1, 3, 10, 12)
 
 
-def test_dense_kind_refuses_details_and_unknown_kind_is_clear():
-    model = build_model("nlsn", 2, n_feats=8, n_blocks=1, attention="dense")
-    with pytest.raises(ValueError, match="no bucket details"):
-        model(torch.rand(1, 3, 6, 6), return_details=True)
-    with pytest.raises(ValueError, match="attention must be one of"):
+def test_dense_kind_gives_its_weights_as_details_and_unknown_or_wrong_kinds_are_clear():
+    model = build_model("nlsn", 2, n_feats=8, n_blocks=1, attention_every=1, attention="nlsa_dense")
+    _, details = model(torch.rand(1, 3, 6, 6), return_details=True)
+    assert len(details) == 2 and details[0].weights.shape == (1, 36, 36)
+    with pytest.raises(ValueError, match="unknown attention 'criss-cross'"):
         build_model("nlsn", 2, attention="criss-cross")
+    with pytest.raises(ValueError, match="kind 'cross_scale'"):
+        build_model("nlsn", 2, attention="cross_scale")
+    with pytest.raises(ValueError, match="seed"):
+        build_model("nlsn", 2, attention_options={"seed": 3})
+
+
+@pytest.mark.parametrize("name", ["non_local", "region_non_local", "cross_scale_naive", "nlsa_dense"])
+def test_every_in_scale_attention_trains_inside_nlsn(name):
+    model = build_model("nlsn", 2, n_feats=8, n_blocks=2, attention_every=2, attention=name)
+    assert all(m.attention_name == name for m in model.attention_modules())
+    loss = model(torch.rand(2, 3, 6, 6)).abs().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_legacy_options_and_keys_are_upgraded():
+    legacy = {
+        "n_feats": 8, "n_blocks": 2, "attention_every": 2, "reduction": 4, "chunk_size": 144, "n_rounds": 4,
+        "n_buckets": None, "res_scale": 0.1, "attention_res_scale": 1.0, "seed": 0, "attention": "dense",
+    }
+    options, state = upgrade_nlsn_checkpoint(
+        legacy, {"body.0.match_embedding.weight": torch.zeros(1), "body.3.assembly_embedding.bias": torch.zeros(1)}
+    )
+    assert options["attention"] == "nlsa_dense"
+    assert options["attention_options"] == {"reduction": 4, "chunk_size": 144, "n_rounds": 4, "n_buckets": None}
+    assert set(state) == {"body.0.attention.query_key_embed.0.weight", "body.3.attention.value_embed.0.bias"}
+    build_model("nlsn", 2, **options)
+    current = tiny_nlsn(2).options
+    assert upgrade_nlsn_checkpoint(current, {})[0] == current
 
 
 def test_dense_kind_gradcheck():

@@ -60,3 +60,26 @@ def test_shipped_checkpoint_beats_bicubic_on_a_set5_crop(name):
     bicubic = to_uint8(imresize(lr, scale=scale))
     gain = (psnr_y(sr, hr, scale) - psnr_y(bicubic, hr, scale)).item()
     assert gain > 0.5, f"{name}: only {gain:+.2f} dB over bicubic on the crop"
+
+
+# Outputs of every shipped model on one fixed input, recorded with the srlib that trained them
+# (before the attention registry renamed the attention layers and options); the checkpoints
+# are loaded through the documented upgrade (srlib.models.csnln.upgrade_csnln_checkpoint,
+# srlib.models.nlsn.upgrade_nlsn_checkpoint) and must give the same outputs.
+RECORDED = Path(__file__).resolve().parent / "data" / "shipped_checkpoint_outputs.pt"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_gives_the_outputs_recorded_before_the_registry(name):
+    """Each shipped checkpoint, loaded today, reproduces its recorded output within 1e-6."""
+    import torch
+
+    recorded = torch.load(RECORDED, weights_only=True)
+    model_name, scale = SHIPPED[name]
+    model = model_from_checkpoint(FOLDER / name, expected_model=model_name, expected_scale=scale)
+    with torch.no_grad():
+        out = model(recorded["lr"])  # (2, 3, 28, 34) from a (2, 3, 14, 17) input
+    torch.testing.assert_close(
+        out, recorded[name.removesuffix(".pt")], atol=1e-6, rtol=0,
+        msg=lambda m: f"{name} no longer gives its recorded output: {m}",
+    )

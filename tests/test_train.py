@@ -3,12 +3,71 @@
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 
 import pytest
 import torch
+from torch import nn
 
-from srlib.checkpoint import load_checkpoint
-from srlib.train import PRESETS, TrainingError, preset_config, train
+import srlib.train as train_module
+from srlib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
+from srlib.models import check_lr_batch, register_model
+from srlib.models.registry import MODELS, model_presets
+from srlib.train import PRESETS, TrainConfig, TrainingError, preset_config, train
+
+# What every checkpoint written by train() holds, in this order (checkpoint_payload's keys first).
+TRAIN_CHECKPOINT_KEYS = [
+    "format", "model_name", "scale", "model_options", "model_state", "optimizer_state", "scheduler_state",
+    "step", "train_seconds", "rng_state", "config", "history", "plugins",
+]
+
+
+@pytest.fixture()
+def scratch_registry(monkeypatch):
+    """Models registered (directly or by plugins) inside a test are forgotten after it."""
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("srlib_plugin_"):
+            del sys.modules[name]
+
+
+class _TinyNet(nn.Module):
+    """conv 3x3 -> pixel shuffle: the smallest trainable SR model."""
+
+    def __init__(self, scale, width=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, lr):
+        check_lr_batch(lr)
+        return self.body(lr)
+
+
+PLUGIN_MODEL = textwrap.dedent('''
+    from torch import nn
+    from srlib.models import check_lr_batch, register_model
+
+
+    class PluginNet(nn.Module):
+        def __init__(self, scale, width=4):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+        def forward(self, lr):
+            check_lr_batch(lr)
+            return self.body(lr)
+
+
+    @register_model("plugin_net", presets={"smoke": {"model_options": {"width": 3}, "final_sets": ["Set5"],
+                                                     "val_tile": 40}})
+    def build_plugin_net(scale, width=4):
+        return PluginNet(scale, width)
+''')
 
 
 def _config(**overrides):
@@ -37,14 +96,28 @@ def test_resumed_run_continues_the_loss_curve_exactly(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_loss_decreases_and_checkpoint_holds_everything_needed(tmp_path):
+def test_loss_decreases_and_checkpoint_holds_everything_needed(tmp_path, monkeypatch):
+    # Every checkpoint goes through srlib.checkpoint.checkpoint_payload (one format, one place).
+    calls = []
+    original = train_module.checkpoint_payload
+
+    def spy(model, **extra):
+        calls.append(sorted(extra))
+        return original(model, **extra)
+
+    monkeypatch.setattr(train_module, "checkpoint_payload", spy)
     result = train(_config(steps=30, checkpoint_every=30), tmp_path, progress=False, write_report=False)
     losses = result["history"]["loss"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     payload = load_checkpoint(tmp_path / "checkpoint.pt")
-    for key in ("model_state", "optimizer_state", "scheduler_state", "step", "rng_state", "config", "history"):
-        assert key in payload
+    assert list(payload) == TRAIN_CHECKPOINT_KEYS
+    assert calls and all(keys == sorted(TRAIN_CHECKPOINT_KEYS[5:]) for keys in calls)
+    assert payload["format"] == CHECKPOINT_FORMAT and payload["model_name"] == "edsr_baseline"
     assert payload["config"]["model"] == "edsr_baseline" and payload["scale"] == 2
+    assert payload["model_options"] == {"n_feats": 16, "n_blocks": 2, "res_scale": 1.0}
+    assert payload["step"] == 30 and payload["history"]["step"][-1] == 30
+    assert payload["plugins"] == [] and payload["config"]["plugins"] is None
+    assert TrainConfig.from_dict(payload["config"]) == _config(steps=30, checkpoint_every=30)
 
 
 def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
@@ -82,8 +155,16 @@ def test_bad_settings_are_refused(tmp_path):
         preset_config("huge")
     with pytest.raises(TrainingError, match="unknown training options"):
         preset_config("quick", epochs=3)
+    with pytest.raises(TrainingError, match="unknown model 'no_such_net'.*edsr_baseline.*--plugin"):
+        preset_config("quick", model="no_such_net")
     with pytest.raises(TrainingError, match="bicubic"):
         train(_config(model="bicubic", model_options={}), tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="unknown model 'no_such_net'"):
+        train(TrainConfig(model="no_such_net"), tmp_path / "unknown", progress=False)
+    # A bad validation tile is refused before training, not at the first validation.
+    with pytest.raises(TrainingError, match="val_tile"):
+        train(_config(val_tile=0), tmp_path / "tile", progress=False)
+    assert not (tmp_path / "tile" / "checkpoint.pt").exists()
 
 
 def test_presets_are_complete_configs():
@@ -113,11 +194,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch)
 
 
 def test_each_model_gets_its_own_preset_settings_and_tiled_validation(tmp_path):
-    from srlib.train import MODEL_PRESETS
-
     config = preset_config("smoke", model="csnln", steps=2, val_every=0, checkpoint_every=0, val_max_images=1)
-    assert config.model_options == MODEL_PRESETS["smoke"]["csnln"]["model_options"]
-    assert config.val_tile == MODEL_PRESETS["smoke"]["csnln"]["val_tile"]
+    assert config.model_options == model_presets("csnln", "smoke")["model_options"]
+    assert config.val_tile == model_presets("csnln", "smoke")["val_tile"]
     # A full-size Set5 image would exceed the attention memory guard untiled; tiles keep it small.
     result = train(config, tmp_path, progress=False, write_report=False)
     assert result["step"] == 2
@@ -141,3 +220,67 @@ def test_final_validation_on_a_reported_set_equals_an_independent_evaluation(tmp
     assert payload["history"]["val_psnr"] == [reported]
     model = model_from_checkpoint(payload)
     assert evaluate(model, ["Set5"], 2, progress=False)["Set5"]["psnr"] == pytest.approx(reported, abs=1e-9)
+
+
+def test_presets_come_from_the_model_registration(scratch_registry):
+    @register_model("preset_toy", presets={
+        "smoke": {"model_options": {"width": 5}, "lr_patch": 12, "val_tile": 20, "final_sets": ["Set5"]},
+        "full": {"model_options": {"width": 64}},
+    })
+    def build_preset_toy(scale, width=4):
+        return _TinyNet(scale, width)
+
+    smoke = preset_config("smoke", model="preset_toy")
+    # The model's settings replace the shared smoke ones (lr_patch 24) ...
+    assert (smoke.model_options, smoke.lr_patch, smoke.val_tile, smoke.final_sets) == ({"width": 5}, 12, 20, ("Set5",))
+    # ... and the shared ones it does not set stay.
+    assert (smoke.steps, smoke.batch_size) == (PRESETS["smoke"]["steps"], PRESETS["smoke"]["batch_size"])
+    assert preset_config("full", model="preset_toy").model_options == {"width": 64}
+    # A preset the model did not register: the builder's defaults.
+    quick = preset_config("quick", model="preset_toy")
+    assert quick.model_options == {} and quick.val_tile is None and quick.lr_patch == TrainConfig.lr_patch
+    # Overrides win; editing a config in place never changes the registration.
+    assert preset_config("smoke", model="preset_toy", lr_patch=8, model_options={"width": 2}).lr_patch == 8
+    smoke.model_options["width"] = 99
+    assert preset_config("smoke", model="preset_toy").model_options == {"width": 5}
+    assert model_presets("preset_toy", "smoke")["model_options"] == {"width": 5}
+
+
+def test_a_plugin_model_trains_and_its_checkpoint_records_the_plugin(tmp_path, monkeypatch, scratch_registry):
+    plugin = tmp_path / "plugins" / "plugin_net.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN_MODEL)
+    monkeypatch.chdir(plugin.parent)  # a relative path is recorded as the absolute one
+    config = preset_config("smoke", model="plugin_net", plugins=["plugin_net.py"], steps=2, val_every=0,
+                           checkpoint_every=0)
+    assert config.plugins == [str(plugin.resolve())]
+    assert config.model_options == {"width": 3} and config.val_tile == 40 and config.final_sets == ("Set5",)
+    result = train(config, tmp_path / "run", progress=False, write_report=False)
+    payload = load_checkpoint(result["checkpoint"])
+    assert list(payload) == TRAIN_CHECKPOINT_KEYS
+    assert payload["plugins"] == payload["config"]["plugins"] == [str(plugin.resolve())]
+    assert payload["model_name"] == "plugin_net" and payload["model_options"] == {"width": 3}
+    model = model_from_checkpoint(payload)
+    assert model.model_name == "plugin_net" and tuple(model(torch.rand(1, 3, 5, 6)).shape) == (1, 3, 10, 12)
+
+
+def test_check_lr_batch_refuses_non_finite_pixels_with_their_count():
+    lr = torch.rand(1, 3, 4, 5)
+    check_lr_batch(lr)  # finite input passes
+    lr[0, 0, 0, :3] = float("nan")
+    lr[0, 1, 2, 2] = float("inf")
+    lr[0, 2, 3, 4] = float("-inf")
+    with pytest.raises(ValueError, match=r"5 non-finite value\(s\) \(3 NaN, 2 infinite\) out of 60"):
+        check_lr_batch(lr)
+    # Every model's forward checks its input, so NaN never silently becomes a NaN image.
+    from srlib.evaluate import super_resolve
+    from srlib.models import build_model
+
+    model = build_model("edsr_baseline", 2, n_feats=8, n_blocks=1)
+    with pytest.raises(ValueError, match="non-finite"):
+        super_resolve(model, lr)
+    # Tiled inference checks the whole image before cutting it into tiles.
+    image = torch.full((1, 3, 6, 6), 0.5)
+    image[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(1 NaN, 0 infinite\)"):
+        super_resolve(model, image, tile=4, tile_overlap=2)

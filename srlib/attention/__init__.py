@@ -1,21 +1,68 @@
-"""Attention modules for super-resolution networks.
+"""Attention modules for super-resolution networks, each a registered plug-in.
 
-* :mod:`srlib.attention.non_local` - in-scale non-local attention (CSNLN eq. 1-2):
-  the functional core :func:`non_local_attention` on ``(N, L, C)`` sequences
-  (``"explicit"`` and ``"fused"`` code paths), the module :class:`NonLocalAttention`
-  on ``(N, C, H, W)`` maps, the region-based variant :class:`RegionNonLocalAttention`,
-  and a memory guard that raises :class:`AttentionMemoryError` before an explicit
-  attention matrix would exhaust memory.
-* :mod:`srlib.attention.cross_scale` - cross-scale attention (CSNLN eq. 3-4 and
-  supplement eq. 2-3): the naive version (keys and values from the downscaled
-  map), the pixel-to-patch version and the p x p patch-matching version, as
-  functions on embedded maps and as the module :class:`CrossScaleAttention`.
+The registry (:mod:`srlib.attention.registry`) names every mechanism; build one
+with :func:`build_attention`, list them with :func:`available_attention`, check
+a new one with :func:`check_attention`.  Registered here:
+
+==================== ============= =============================================== ==============================
+name                 kind          module                                          source
+==================== ============= =============================================== ==============================
+``non_local``        in_scale      :class:`NonLocalAttention`                      CSNLN eq. 1-2
+``region_non_local`` in_scale      :class:`RegionNonLocalAttention`                CSNLN Sec. 4.2 (after SAN)
+``cross_scale_naive`` in_scale     :class:`NaiveCrossScaleAttention`               CSNLN supplement eq. 2
+``cross_scale_pixel`` cross_scale  :class:`PixelCrossScaleAttention`               CSNLN eq. 3
+``cross_scale``      cross_scale   :class:`CrossScaleAttention`                    CSNLN eq. 4
+``nlsa``             in_scale      :class:`NonLocalSparseAttention`                NLSN (spherical LSH)
+``nlsa_dense``       in_scale      :class:`DenseMatchAttention`                    NLSN supplement Table 1
+==================== ============= =============================================== ==============================
+
+Modules:
+
+* :mod:`srlib.attention.non_local` - dense in-scale attention (functional core on
+  ``(N, L, C)`` sequences with ``"explicit"`` and ``"fused"`` paths, region grid);
+* :mod:`srlib.attention.cross_scale` - cross-scale attention (naive, pixel, patch);
+* :mod:`srlib.attention.lsh` - hashing, sorting, chunking and round combination;
+* :mod:`srlib.attention.sparse` - non-local sparse attention (NLSN) and its dense twin;
+* :mod:`srlib.attention.loops` - float64 loop versions, literally from the equations;
+* :mod:`srlib.attention._common` - the memory guard, input checks, validators, embeddings;
+* :mod:`srlib.attention.contract` - :func:`check_attention`, the contract as a function.
 """
 
+from srlib.attention._common import (
+    MEMORY_FRACTION,
+    AttentionMemoryError,
+    available_memory_bytes,
+    check_feature_map,
+)
+from srlib.attention.registry import (
+    ATTENTION_KINDS,
+    AttentionEntry,
+    attention_entry,
+    attention_options,
+    available_attention,
+    benchmark_cases,
+    build_attention,
+    register_attention,
+)
+from srlib.attention.non_local import (  # noqa: I001 - importing the modules registers them
+    IMPLEMENTATIONS,
+    AttentionDetails,
+    NonLocalAttention,
+    RegionAttentionDetails,
+    RegionNonLocalAttention,
+    attention_matrix_bytes,
+    check_attention_memory,
+    non_local_attention,
+    region_grid,
+    region_non_local_attention,
+)
 from srlib.attention.cross_scale import (
     NORMALIZATIONS,
     PAD_MODES,
     CrossScaleAttention,
+    CrossScaleDetails,
+    NaiveCrossScaleAttention,
+    PixelCrossScaleAttention,
     bilinear_downscale,
     cross_scale_attention,
     cross_scale_attention_bytes,
@@ -43,40 +90,45 @@ from srlib.attention.lsh import (
     split_into_chunks,
     unsort_positions,
 )
-from srlib.attention.non_local import (
-    IMPLEMENTATIONS,
-    MEMORY_FRACTION,
-    AttentionMemoryError,
-    NonLocalAttention,
-    RegionNonLocalAttention,
-    attention_matrix_bytes,
-    available_memory_bytes,
-    check_attention_memory,
-    non_local_attention,
-    region_grid,
-    region_non_local_attention,
-)
 from srlib.attention.sparse import (
+    DenseMatchAttention,
     NonLocalSparseAttention,
     SparseAttentionDetails,
     non_local_sparse_attention,
+    readable_sparse_attention,
 )
+from srlib.attention.contract import check_attention
 
 __all__ = [
+    "ATTENTION_KINDS",
+    "AttentionEntry",
+    "attention_entry",
+    "attention_options",
+    "available_attention",
+    "benchmark_cases",
+    "build_attention",
+    "check_attention",
+    "register_attention",
     "IMPLEMENTATIONS",
     "MEMORY_FRACTION",
+    "AttentionDetails",
     "AttentionMemoryError",
     "NonLocalAttention",
+    "RegionAttentionDetails",
     "RegionNonLocalAttention",
     "attention_matrix_bytes",
     "available_memory_bytes",
     "check_attention_memory",
+    "check_feature_map",
     "non_local_attention",
     "region_grid",
     "region_non_local_attention",
     "NORMALIZATIONS",
     "PAD_MODES",
     "CrossScaleAttention",
+    "CrossScaleDetails",
+    "NaiveCrossScaleAttention",
+    "PixelCrossScaleAttention",
     "bilinear_downscale",
     "cross_scale_attention",
     "cross_scale_attention_bytes",
@@ -101,7 +153,9 @@ __all__ = [
     "spherical_lsh",
     "split_into_chunks",
     "unsort_positions",
+    "DenseMatchAttention",
     "NonLocalSparseAttention",
     "SparseAttentionDetails",
     "non_local_sparse_attention",
+    "readable_sparse_attention",
 ]

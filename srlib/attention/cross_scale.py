@@ -90,18 +90,27 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srlib.attention.non_local import (
-    MEMORY_FRACTION,
+from srlib.attention._common import (
     AttentionMemoryError,
-    attention_matrix_bytes,
-    available_memory_bytes,
+    check_feature_map,
     check_same_dtype_and_device,
+    choice,
+    embedding,
+    guard_memory,
+    memory_limit,
+    normalize_activation,
+    optional_bytes,
+    positive_int,
+    positive_real,
 )
+from srlib.attention.non_local import attention_matrix_bytes
+from srlib.attention.registry import register_attention
 
 __all__ = [
     "AttentionMemoryError",
@@ -115,6 +124,9 @@ __all__ = [
     "pixel_cross_scale_attention",
     "cross_scale_attention",
     "CrossScaleAttention",
+    "CrossScaleDetails",
+    "NaiveCrossScaleAttention",
+    "PixelCrossScaleAttention",
 ]
 
 # How overlapping (sp) x (sp) output patches are averaged (see the module docstring).
@@ -132,18 +144,8 @@ OFFICIAL_OVERLAP_DIVISOR = 6.0
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if not _is_integer(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_patch_size(patch_size) -> int:
-    if not _is_integer(patch_size) or patch_size < 1 or patch_size % 2 == 0:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) or patch_size < 1 or patch_size % 2 == 0:
         raise ValueError(
             f"patch_size must be a positive odd integer (1, 3, 5, ...) so that a patch is centred "
             f"on its pixel, got {patch_size!r}"
@@ -152,19 +154,11 @@ def _check_patch_size(patch_size) -> int:
 
 
 def _check_softmax_scale(softmax_scale) -> float:
-    if (
-        isinstance(softmax_scale, bool)
-        or not isinstance(softmax_scale, numbers.Real)
-        or not (math.isfinite(softmax_scale) and softmax_scale > 0)
-    ):
-        raise ValueError(f"softmax_scale must be a positive finite number (10 in CSNLN), got {softmax_scale!r}")
-    return float(softmax_scale)
+    return positive_real("softmax_scale", softmax_scale, "10 in CSNLN")
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-    return value
+    return choice(name, value, choices)
 
 
 def _check_map(name: str, x: torch.Tensor) -> None:
@@ -202,7 +196,7 @@ def _check_cross_scale_inputs(
     Returns the validated ``(scale, softmax_scale)``; raises as the public functions document.
     """
     _check_triplet(query, key, value)
-    scale = _check_positive_int("scale", scale)
+    scale = positive_int("scale", scale)
     softmax_scale = _check_softmax_scale(softmax_scale)
     _check_choice("pad_mode", pad_mode, PAD_MODES)
     height, width = query.shape[-2:]
@@ -242,7 +236,7 @@ def pad_to_multiple(x: torch.Tensor, scale: int, mode: str = "replicate") -> tor
             ``scale`` or ``mode``, or ``"reflect"`` on a map too small to mirror.
     """
     _check_map("x", x)
-    scale = _check_positive_int("scale", scale)
+    scale = positive_int("scale", scale)
     _check_choice("pad_mode", mode, PAD_MODES)
     height, width = x.shape[-2:]
     pad_bottom = -height % scale
@@ -321,9 +315,9 @@ def overlap_count(
     Raises:
         ValueError: non-positive sizes, bad ``scale`` or ``patch_size``.
     """
-    height = _check_positive_int("height", height)
-    width = _check_positive_int("width", width)
-    scale = _check_positive_int("scale", scale)
+    height = positive_int("height", height)
+    width = positive_int("width", width)
+    scale = positive_int("scale", scale)
     patch_size = _check_patch_size(patch_size)
     kernel = scale * patch_size
     padding = scale * (patch_size - 1) // 2
@@ -361,34 +355,13 @@ def cross_scale_attention_bytes(
     Raises:
         ValueError: non-positive sizes or scale.
     """
-    batch = _check_positive_int("batch", batch)
-    height = _check_positive_int("height", height)
-    width = _check_positive_int("width", width)
-    scale = _check_positive_int("scale", scale)
+    batch = positive_int("batch", batch)
+    height = positive_int("height", height)
+    width = positive_int("width", width)
+    scale = positive_int("scale", scale)
     keys = math.ceil(height / scale) * math.ceil(width / scale)
     queries = keys * scale * scale
     return attention_matrix_bytes(batch, queries, keys, dtype)
-
-
-def _format_bytes(count: float) -> str:
-    """``1610612736`` -> ``'1.50 GiB'`` (binary units)."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.2f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
-def _check_max_bytes(max_attention_bytes) -> None:
-    if max_attention_bytes is None:
-        return
-    if isinstance(max_attention_bytes, bool) or not (
-        isinstance(max_attention_bytes, numbers.Real) and max_attention_bytes > 0
-    ):
-        raise ValueError(
-            f"max_attention_bytes must be a positive number (math.inf turns the guard off) or None "
-            f"(a fraction of the free memory), got {max_attention_bytes!r}"
-        )
 
 
 def _guard_memory(
@@ -403,43 +376,33 @@ def _guard_memory(
 
     The scores and weights are ``(N, num_keys, Hp, Wp)``; the limit is
     ``max_attention_bytes`` or, when None, ``MEMORY_FRACTION`` of
-    :func:`~srlib.attention.non_local.available_memory_bytes` on the query's
+    :func:`~srlib.attention._common.available_memory_bytes` on the query's
     device (no check when that is unknown, e.g. on MPS).  With ``scale`` given
     (cross-scale keys, ``num_keys = Hp Wp / s^2``) the message also says which
     square tile would fit for one image.
     """
-    _check_max_bytes(max_attention_bytes)
     n, _, height, width = query.shape
     padded_h, padded_w = padded_size
     needed = attention_matrix_bytes(n, padded_h * padded_w, num_keys, query.dtype)
-    if max_attention_bytes is None:
-        available = available_memory_bytes(query.device)
-        if available is None:
-            return
-        limit: float = MEMORY_FRACTION * available
-        limit_source = f"{MEMORY_FRACTION:.0%} of the {_format_bytes(available)} available on {query.device}"
-    else:
-        limit = float(max_attention_bytes)
-        limit_source = "max_attention_bytes"
-    if needed <= limit:
+    limit = memory_limit(query.device, max_attention_bytes)
+    if limit is None or needed <= limit[0]:
         return
     shape = (n, num_keys, padded_h, padded_w)
     dtype_name = str(query.dtype).replace("torch.", "")
     fitting_tile = ""
     if scale is not None:
         # One T x T map holds 2 (T/s)^2 T^2 scores and weights: solve for T, round down to a multiple of s.
-        side = (limit * scale * scale / (2 * query.element_size())) ** 0.25
+        side = (limit[0] * scale * scale / (2 * query.element_size())) ** 0.25
         side = int(side) // scale * scale
         if side >= scale:
             fitting_tile = f"; at this limit one map of up to {side}x{side} pixels fits"
-    raise AttentionMemoryError(
-        f"{what} on {n} feature map(s) of {height}x{width} pixels needs {_format_bytes(needed)} "
-        f"({needed} bytes) for its {shape} {dtype_name} scores and softmax weights, more than the "
-        f"limit of {_format_bytes(limit)} ({limit_source}). The scores grow with the fourth power "
-        f"of the image side: use tiled inference (`srlib eval --tile T` with a small enough T"
-        f"{fitting_tile}), a smaller input or batch, or raise the limit with max_attention_bytes.",
-        needed_bytes=needed,
-        limit_bytes=limit,
+    guard_memory(
+        needed, query.device, max_attention_bytes,
+        f"{what} on {n} feature map(s) of {height}x{width} pixels for its {shape} {dtype_name} scores "
+        "and softmax weights",
+        "The scores grow with the fourth power of the image side: use tiled inference "
+        f"(`srlib eval --tile T` with a small enough T{fitting_tile}), a smaller input or batch, or "
+        "raise the limit with max_attention_bytes.",
     )
 
 
@@ -705,15 +668,73 @@ def cross_scale_attention(
 # ----------------------------------------------------------------------------------------------
 
 
-def _embedding(in_channels: int, out_channels: int, activation: str) -> nn.Sequential:
-    """1x1 convolution (with bias), followed by a PReLU or nothing."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=1)]
-    if activation == "prelu":
-        layers.append(nn.PReLU())
-    return nn.Sequential(*layers)
+@dataclass
+class CrossScaleDetails:
+    """The attention weights of a cross-scale attention call, for plots (``return_details=True``).
+
+    Attributes:
+        weights: ``(N, h*w, H, W)``: ``weights[n, g*w + k, i, j]`` is what query
+            pixel ``(i, j)`` of the ``H x W`` map gives to key ``(g, k)`` of the
+            ``h x w = ceil(H/s) x ceil(W/s)`` downscaled map; sums to 1 over dim 1.
+        key_size: ``(h, w)``, to reshape dim 1 into the key map.
+    """
+
+    weights: torch.Tensor
+    key_size: tuple[int, int]
 
 
-class CrossScaleAttention(nn.Module):
+class _CrossScaleEmbeddings(nn.Module):
+    """The three 1x1-conv embeddings and the options shared by the cross-scale modules."""
+
+    def __init__(
+        self,
+        channels: int,
+        scale: int,
+        reduction: int,
+        softmax_scale: float,
+        activation: str,
+        pad_mode: str,
+        max_attention_bytes: float | None,
+    ):
+        super().__init__()
+        channels = positive_int("channels", channels)
+        reduction = positive_int("reduction", reduction)
+        if channels // reduction < 1:
+            raise ValueError(f"channels // reduction must be >= 1, got {channels} // {reduction}")
+        self.channels = channels
+        self.scale = positive_int("scale", scale)
+        self.reduction = reduction
+        self.softmax_scale = _check_softmax_scale(softmax_scale)
+        self.activation = normalize_activation(activation)
+        self.pad_mode = choice("pad_mode", pad_mode, PAD_MODES)
+        self.max_attention_bytes = optional_bytes(max_attention_bytes)
+        embed_channels = channels // reduction
+        self.query_embed = embedding(channels, embed_channels, self.activation)  # theta
+        self.key_embed = embedding(channels, embed_channels, self.activation)  # delta
+        self.value_embed = embedding(channels, channels, self.activation)  # psi
+
+    def _embed_hr_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``theta(X)``, ``delta(Y)`` (``Y`` = the bilinear downscale of ``X``) and ``psi(X)``."""
+        check_feature_map(self, x, self.channels)
+        query = self.query_embed(x)  # (N, C', H, W), theta(X)
+        key = self.key_embed(bilinear_downscale(x, self.scale, self.pad_mode))  # (N, C', h, w), delta(Y)
+        value = self.value_embed(x)  # (N, C, H, W), psi(X)
+        # The embeddings act pixel by pixel, so embedding then padding (inside the core) equals
+        # padding then embedding.
+        return query, key, value
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, scale={self.scale}, reduction={self.reduction}, "
+            f"softmax_scale={self.softmax_scale}, activation={self.activation!r}, pad_mode={self.pad_mode!r}"
+        )
+
+
+@register_attention(
+    "cross_scale", kind="cross_scale", loops="srlib.attention.loops:cross_scale_loops", guarded=True,
+    bench={"cross_scale": {"scale": 2, "patch_size": 3}},
+)
+class CrossScaleAttention(_CrossScaleEmbeddings):
     """CSNLN's cross-scale non-local attention module: ``(N, C, H, W)`` -> ``(N, C, sH, sW)``.
 
     Data flow (``C' = C // reduction``, ``h, w = ceil(H/s), ceil(W/s)``)::
@@ -735,20 +756,23 @@ class CrossScaleAttention(nn.Module):
         softmax_scale: softmax temperature (10 in CSNLN).
         normalization: ``"overlap"`` (true overlap count, default) or
             ``"constant6"`` (the official division by 6).
-        embed_activation: ``"prelu"`` (CSNLN) or ``"none"`` after each 1x1 conv.
+        activation: ``"prelu"`` (CSNLN) or ``"none"`` after each 1x1 conv.
         pad_mode: ``"replicate"`` or ``"reflect"`` padding to a multiple of ``s``
             when ``H`` or ``W`` is not one; the output is cropped back.
         max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
             half of the free memory at every call (see the module docstring).
 
-    Forward:
+    Layers (checkpoint keys): ``query_embed``, ``key_embed``, ``value_embed``,
+    each ``Sequential(1x1 conv[, PReLU])``.
+
+    Forward ``forward(x, return_details=False)``:
         ``x`` float ``(N, C, H, W)`` (any range, any ``H, W >= 1``) ->
-        ``(N, C, s*H, s*W)``; ``forward(x, return_attention=True)`` also returns
-        the weights ``(N, ceil(H/s) ceil(W/s), H, W)``.
+        ``(N, C, s*H, s*W)``; with ``return_details=True`` also a
+        :class:`CrossScaleDetails` (weights ``(N, ceil(H/s) ceil(W/s), H, W)``).
 
     Raises:
         ValueError: bad options (construction), or ``x`` not ``(N, C, H, W)``
-            with ``C = channels`` (forward).
+            with ``C = channels`` and the module's dtype and device (forward).
         AttentionMemoryError: the scores would exceed the memory limit.
 
     Source: Mei et al., CVPR 2020, Fig. 2, eq. 4 and Sec. 4.1.
@@ -762,49 +786,131 @@ class CrossScaleAttention(nn.Module):
         reduction: int = 2,
         softmax_scale: float = 10.0,
         normalization: str = "overlap",
-        embed_activation: str = "prelu",
+        activation: str = "prelu",
         pad_mode: str = "replicate",
         max_attention_bytes: float | None = None,
     ):
-        super().__init__()
-        channels = _check_positive_int("channels", channels)
-        reduction = _check_positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(f"channels // reduction must be >= 1, got {channels} // {reduction}")
-        self.channels = channels
-        self.scale = _check_positive_int("scale", scale)
+        super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
         self.patch_size = _check_patch_size(patch_size)
-        self.reduction = reduction
-        self.softmax_scale = _check_softmax_scale(softmax_scale)
-        self.normalization = _check_choice("normalization", normalization, NORMALIZATIONS)
-        self.embed_activation = _check_choice("embed_activation", embed_activation, ("prelu", "none"))
-        self.pad_mode = _check_choice("pad_mode", pad_mode, PAD_MODES)
-        _check_max_bytes(max_attention_bytes)
-        self.max_attention_bytes = max_attention_bytes
-        embed_channels = channels // reduction
-        self.query_embed = _embedding(channels, embed_channels, embed_activation)  # theta
-        self.key_embed = _embedding(channels, embed_channels, embed_activation)  # delta
-        self.value_embed = _embedding(channels, channels, embed_activation)  # psi
+        self.normalization = choice("normalization", normalization, NORMALIZATIONS)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        _check_map("x", x)
-        if x.shape[1] != self.channels:
-            raise ValueError(
-                f"CrossScaleAttention was built for {self.channels} channels, got input {tuple(x.shape)}"
-            )
-        query = self.query_embed(x)  # (N, C', H, W), theta(X)
-        key = self.key_embed(bilinear_downscale(x, self.scale, self.pad_mode))  # (N, C', h, w), delta(Y)
-        value = self.value_embed(x)  # (N, C, H, W), psi(X)
-        # The embeddings act pixel by pixel, so embedding then padding (inside the core) equals
-        # padding then embedding.
-        return cross_scale_attention(
+    def forward(self, x: torch.Tensor, return_details: bool = False):
+        query, key, value = self._embed_hr_values(x)  # (N, C', H, W), (N, C', h, w), (N, C, H, W)
+        result = cross_scale_attention(
             query, key, value, self.scale, self.patch_size, self.softmax_scale, self.normalization,
-            return_attention, pad_mode=self.pad_mode, max_attention_bytes=self.max_attention_bytes,
+            return_details, pad_mode=self.pad_mode, max_attention_bytes=self.max_attention_bytes,
         )
+        if return_details:
+            out, weights = result  # (N, C, sH, sW), (N, h*w, H, W)
+            return out, CrossScaleDetails(weights=weights, key_size=tuple(key.shape[-2:]))
+        return result  # (N, C, sH, sW)
 
     def extra_repr(self) -> str:
-        return (
-            f"channels={self.channels}, scale={self.scale}, patch_size={self.patch_size}, "
-            f"reduction={self.reduction}, softmax_scale={self.softmax_scale}, "
-            f"normalization={self.normalization!r}, pad_mode={self.pad_mode!r}"
+        return f"{super().extra_repr()}, patch_size={self.patch_size}, normalization={self.normalization!r}"
+
+
+@register_attention(
+    "cross_scale_pixel", kind="cross_scale", loops="srlib.attention.loops:pixel_cross_scale_loops", guarded=True,
+    bench={"cross_scale_pixel": {"scale": 2}},
+)
+class PixelCrossScaleAttention(_CrossScaleEmbeddings):
+    """Pixel-to-patch cross-scale attention (paper eq. 3): one LR similarity weights one ``s x s`` HR block.
+
+    The embeddings of :class:`CrossScaleAttention` (same layers, same keys)
+    around :func:`pixel_cross_scale_attention`, the matrix-product
+    implementation of eq. 3 (blocks do not overlap).  Equals
+    ``CrossScaleAttention(patch_size=1)`` with the same weights.
+
+    Args:
+        channels, scale, reduction, softmax_scale, activation, pad_mode,
+        max_attention_bytes: as in :class:`CrossScaleAttention`.
+
+    Forward ``forward(x, return_details=False)``: ``(N, C, H, W)`` ->
+    ``(N, C, s*H, s*W)`` (with a :class:`CrossScaleDetails` when asked).
+
+    Raises:
+        ValueError: bad options, or ``x`` not ``(N, channels, H, W)`` of the module's dtype and device.
+        AttentionMemoryError: the scores would exceed the memory limit.
+
+    Source: Mei et al., CVPR 2020, eq. 3 (= supplementary eq. 3).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        scale: int = 2,
+        reduction: int = 2,
+        softmax_scale: float = 10.0,
+        activation: str = "prelu",
+        pad_mode: str = "replicate",
+        max_attention_bytes: float | None = None,
+    ):
+        super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
+
+    def forward(self, x: torch.Tensor, return_details: bool = False):
+        query, key, value = self._embed_hr_values(x)  # (N, C', H, W), (N, C', h, w), (N, C, H, W)
+        result = pixel_cross_scale_attention(
+            query, key, value, self.scale, self.softmax_scale, return_details,
+            pad_mode=self.pad_mode, max_attention_bytes=self.max_attention_bytes,
         )
+        if return_details:
+            out, weights = result  # (N, C, sH, sW), (N, h*w, H, W)
+            return out, CrossScaleDetails(weights=weights, key_size=tuple(key.shape[-2:]))
+        return result  # (N, C, sH, sW)
+
+
+@register_attention(
+    "cross_scale_naive", kind="in_scale", loops="srlib.attention.loops:naive_cross_scale_loops", guarded=True,
+    bench={"cross_scale_naive": {"scale": 2}},
+)
+class NaiveCrossScaleAttention(_CrossScaleEmbeddings):
+    """Naive cross-scale attention (supplement eq. 2): keys *and values* from the downscaled map.
+
+    ``Z[i,j] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(Y[g,h])`` with
+    ``Y = bilinear_downscale(X, s)``: the output keeps the query's resolution
+    ``(N, C, H, W)`` (so its kind is ``"in_scale"``: a model that needs an
+    ``s`` times larger map upsamples it) and no HR detail can come back.  The
+    attention is :func:`naive_cross_scale_attention`; the layers are those of
+    :class:`CrossScaleAttention`, so both have exactly the same parameters.
+
+    Args:
+        channels, scale, reduction, softmax_scale, activation, pad_mode,
+        max_attention_bytes: as in :class:`CrossScaleAttention`.
+
+    Forward ``forward(x, return_details=False)``:
+        ``x`` float ``(N, C, H, W)`` -> ``(N, C, H, W)`` (any ``H, W >= 1``);
+        with ``return_details=True`` also a :class:`CrossScaleDetails`.
+
+    Raises:
+        ValueError: bad options, or ``x`` not ``(N, channels, H, W)`` of the module's dtype and device.
+        AttentionMemoryError: the ``(N, ceil(H/s) ceil(W/s), H, W)`` scores would
+            exceed the memory limit.
+
+    Source: Mei et al., CVPR 2020, supplementary file, eq. 2 and Table 1.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        scale: int = 2,
+        reduction: int = 2,
+        softmax_scale: float = 10.0,
+        activation: str = "prelu",
+        pad_mode: str = "replicate",
+        max_attention_bytes: float | None = None,
+    ):
+        super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
+
+    def forward(self, x: torch.Tensor, return_details: bool = False):
+        check_feature_map(self, x, self.channels)
+        small = bilinear_downscale(x, self.scale, self.pad_mode)  # (N, C, ceil(H/s), ceil(W/s)), Y
+        result = naive_cross_scale_attention(
+            self.query_embed(x),  # (N, C', H, W), theta(X)
+            self.key_embed(small),  # (N, C', h, w), delta(Y)
+            self.value_embed(small),  # (N, C, h, w), psi(Y)
+            self.softmax_scale, return_details, max_attention_bytes=self.max_attention_bytes,
+        )
+        if return_details:
+            out, weights = result  # (N, C, H, W), (N, h*w, H, W)
+            return out, CrossScaleDetails(weights=weights, key_size=tuple(small.shape[-2:]))
+        return result  # (N, C, H, W)

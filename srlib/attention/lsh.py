@@ -55,6 +55,8 @@ import numbers
 
 import torch
 
+from srlib.attention._common import positive_int
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_BUCKETS",
@@ -84,12 +86,6 @@ MAX_BUCKETS = 128
 # ----------------------------------------------------------------------------------------------
 # Checks
 # ----------------------------------------------------------------------------------------------
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_bucket_number(name: str, value) -> int:
@@ -149,8 +145,8 @@ def bucket_count(
     Source: official NLSN code (HarukiYqM/Non-Local-Sparse-Attention), the
     ``hash_buckets`` line of the attention's forward; the lower bound 2 is ours.
     """
-    length = _check_positive_int("length", length)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    length = positive_int("length", length)
+    chunk_size = positive_int("chunk_size", chunk_size)
     max_buckets = _check_bucket_number("max_buckets", max_buckets)
     if n_buckets is not None:
         return _check_bucket_number("n_buckets", n_buckets)
@@ -222,8 +218,8 @@ def random_rotations(
             ``n_buckets``, a non-floating ``dtype``, a generator on a non-CPU device.
         TypeError: ``generator`` is neither a generator nor an integer.
     """
-    dim = _check_positive_int("dim", dim)
-    n_rounds = _check_positive_int("n_rounds", n_rounds)
+    dim = positive_int("dim", dim)
+    n_rounds = positive_int("n_rounds", n_rounds)
     n_buckets = _check_bucket_number("n_buckets", n_buckets)
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
@@ -316,7 +312,7 @@ def spherical_lsh(
         TypeError: a generator that is neither a ``torch.Generator`` nor an integer.
     """
     _check_rank("x", x, 3, "(N, L, D)")
-    n_rounds = _check_positive_int("n_rounds", n_rounds)
+    n_rounds = positive_int("n_rounds", n_rounds)
     n_buckets = _check_bucket_number("n_buckets", n_buckets)
     if (generator is None) == (rotations is None):
         raise ValueError(
@@ -358,7 +354,7 @@ def offset_rounds(codes: torch.Tensor, n_buckets: int) -> torch.Tensor:
     _check_rank("codes", codes, 3, "(N, n_rounds, L)")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
-    n_buckets = _check_positive_int("n_buckets", n_buckets)
+    n_buckets = positive_int("n_buckets", n_buckets)
     offsets = torch.arange(codes.shape[1], device=codes.device, dtype=codes.dtype) * n_buckets  # (R,)
     return codes + offsets.view(1, -1, 1)  # (N, R, L)
 
@@ -492,7 +488,7 @@ def split_into_chunks(x: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, t
         ValueError: ``x`` with fewer than 2 dimensions or ``L = 0``; a
             non-positive ``chunk_size``.
     """
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    chunk_size = positive_int("chunk_size", chunk_size)
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-2] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a non-empty sequence shaped (..., L, C), got {shape}")
@@ -526,7 +522,7 @@ def merge_chunks(chunks: torch.Tensor, length: int) -> torch.Tensor:
         shape = tuple(chunks.shape) if isinstance(chunks, torch.Tensor) else type(chunks).__name__
         raise ValueError(f"chunks must be shaped (..., n_chunks, chunk_size, C), got {shape}")
     n_chunks, chunk_size = chunks.shape[-3], chunks.shape[-2]
-    length = _check_positive_int("length", length)
+    length = positive_int("length", length)
     if not (n_chunks - 1) * chunk_size < length <= n_chunks * chunk_size:
         raise ValueError(
             f"length {length} cannot come from {n_chunks} chunks of {chunk_size}: it must be in "
@@ -559,9 +555,9 @@ def neighbour_chunk_offsets(n_chunks: int, before: int = 1, after: int = 1) -> l
     Raises:
         ValueError: ``n_chunks < 1`` or negative ``before`` / ``after``.
     """
-    n_chunks = _check_positive_int("n_chunks", n_chunks)
-    before = _check_positive_int("before", before, minimum=0)
-    after = _check_positive_int("after", after, minimum=0)
+    n_chunks = positive_int("n_chunks", n_chunks)
+    before = positive_int("before", before, minimum=0)
+    after = positive_int("after", after, minimum=0)
     offsets, seen = [], set()
     for offset in [0, *range(-1, -before - 1, -1), *range(1, after + 1)]:
         if offset % n_chunks not in seen:

@@ -30,12 +30,14 @@ This module offers
   calls ``torch.nn.functional.scaled_dot_product_attention`` with ``scale=1.0``,
   which on most back-ends never stores ``A`` as a whole;
 * :class:`NonLocalAttention` - the module with the three 1x1-convolution
-  embeddings ``theta``, ``delta``, ``psi`` of the official CSNLN code;
+  embeddings of the official CSNLN code: ``query_embed`` (the paper's theta),
+  ``key_embed`` (delta) and ``value_embed`` (psi), registered as ``"non_local"``;
 * :func:`region_non_local_attention` / :class:`RegionNonLocalAttention` - the
   "region-based" IS-NL of the CSNLN paper (Sec. 4.2, "Multi-Branch Exemplars",
   following SAN): the map is cut into a grid of cells and attention stays
   inside each cell;
-* a memory guard (:func:`check_attention_memory`) that refuses to build an
+* a memory guard (:func:`check_attention_memory`, built on the shared
+  :func:`srlib.attention._common.guard_memory`) that refuses to build an
   explicit attention matrix that would not fit, with :class:`AttentionMemoryError`.
 
 Paper versus official code (SHI-Labs/Cross-Scale-Non-Local-Attention): the code's
@@ -43,24 +45,40 @@ IS-NL embeddings are 1x1 convolutions followed by PReLU (``C -> C/2`` for theta
 and delta, ``C -> C`` for psi), the softmax runs over the whole tensor it is
 given (no region grid, unlike the paper's text) and there is no residual
 connection inside the module.  Those are this module's defaults, except that
-the region grid is offered as :class:`RegionNonLocalAttention`.
+the region grid is offered as :class:`RegionNonLocalAttention` (``"region_non_local"``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srlib.attention._common import (
+    MEMORY_FRACTION,
+    AttentionMemoryError,
+    available_memory_bytes,
+    check_feature_map,
+    check_same_dtype_and_device,
+    embedding,
+    guard_memory,
+    memory_limit,
+    normalize_activation,
+    optional_bytes,
+    positive_int,
+)
+from srlib.attention.registry import register_attention
+
 __all__ = [
     "IMPLEMENTATIONS",
     "MEMORY_FRACTION",
+    "AttentionDetails",
     "AttentionMemoryError",
     "NonLocalAttention",
+    "RegionAttentionDetails",
     "RegionNonLocalAttention",
     "attention_matrix_bytes",
     "available_memory_bytes",
@@ -73,40 +91,9 @@ __all__ = [
 # The two code paths of :func:`non_local_attention`.
 IMPLEMENTATIONS = ("explicit", "fused")
 
-# Default memory guard: the explicit path may use at most this fraction of the memory that is
-# free on the input's device (the rest is left for the network's other activations).
-MEMORY_FRACTION = 0.5
-
 # The explicit path holds two (N, Lq, Lk) matrices at its peak: the scores Q K^T and the
 # softmax weights (softmax is not computed in place).
 _MATRICES_HELD = 2
-
-_ACTIVATIONS = ("prelu", None)
-
-
-class AttentionMemoryError(MemoryError):
-    """The explicit attention matrix would exceed the memory limit; raised before allocating it.
-
-    A subclass of :class:`MemoryError`, so ``except MemoryError`` catches it too.
-
-    Attributes:
-        needed_bytes: bytes the explicit path would hold (scores and weights).
-        limit_bytes: the limit it was compared with.
-    """
-
-    def __init__(self, message: str, needed_bytes: int, limit_bytes: float):
-        super().__init__(message)
-        self.needed_bytes = needed_bytes
-        self.limit_bytes = limit_bytes
-
-
-def _format_bytes(count: float) -> str:
-    """``1610612736`` -> ``'1.50 GiB'``; binary units, as ``nvidia-smi`` and ``free -h`` use."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.2f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def attention_matrix_bytes(batch: int, query_length: int, key_length: int, dtype: torch.dtype) -> int:
@@ -125,51 +112,6 @@ def attention_matrix_bytes(batch: int, query_length: int, key_length: int, dtype
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     return _MATRICES_HELD * int(batch) * int(query_length) * int(key_length) * itemsize
-
-
-def _meminfo_available() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (Linux), or None where there is no such file."""
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            value, *unit = line.split()[1:]
-            return int(value) * (1024 if unit and unit[0].lower() == "kb" else 1)
-    return None
-
-
-def available_memory_bytes(device: torch.device | str) -> int | None:
-    """Memory that a new tensor on ``device`` could still use, in bytes, or None if unknown.
-
-    * CUDA: free device memory (``torch.cuda.mem_get_info``) plus what PyTorch's
-      caching allocator has reserved but not handed out;
-    * CPU: ``MemAvailable`` of ``/proc/meminfo`` on Linux; elsewhere the free
-      physical pages from ``os.sysconf`` where the OS reports them;
-    * other devices (MPS, XPU, ...): None.
-
-    Args:
-        device: a ``torch.device`` or device string.
-
-    Returns:
-        Bytes as an ``int``, or None when the amount cannot be read (then the
-        default memory guard is off).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + cached)
-    if device.type == "cpu":
-        available = _meminfo_available()
-        if available is not None:
-            return available
-        try:
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
 
 
 def check_attention_memory(
@@ -203,17 +145,8 @@ def check_attention_memory(
             (the fused path, region-based attention, tiled inference).
     """
     needed = attention_matrix_bytes(batch, query_length, key_length, dtype)
-    if max_attention_bytes is None:
-        available = available_memory_bytes(device)
-        if available is None:
-            return needed
-        limit: float = MEMORY_FRACTION * available
-        device_name = torch.device(device)
-        limit_source = f"{MEMORY_FRACTION:.0%} of the {_format_bytes(available)} available on {device_name}"
-    else:
-        limit = float(max_attention_bytes)
-        limit_source = "max_attention_bytes"
-    if needed <= limit:
+    limit = memory_limit(device, max_attention_bytes)
+    if limit is None or needed <= limit[0]:
         return needed
     if map_size is not None:
         h, w = map_size
@@ -223,35 +156,17 @@ def check_attention_memory(
     dtype_name = str(dtype).replace("torch.", "")
     # A square T x T map holds 2 * T^4 scores and weights per image: solve for T.
     itemsize = torch.empty((), dtype=dtype).element_size()
-    side = int((limit / (2 * itemsize * max(batch, 1))) ** 0.25)
+    side = int((limit[0] / (2 * itemsize * max(batch, 1))) ** 0.25)
     tile_hint = f"`srlib eval --tile {side}` or smaller" if side >= 8 else "`srlib eval --tile` with small tiles"
-    raise AttentionMemoryError(
-        f"explicit non-local attention on {where} needs {_format_bytes(needed)} ({needed} bytes) "
-        f"for its ({batch}, {query_length}, {key_length}) {dtype_name} scores and softmax weights, "
-        f"more than the limit of {_format_bytes(limit)} ({limit_source}). "
+    return guard_memory(
+        needed, device, max_attention_bytes,
+        f"explicit non-local attention on {where} for its ({batch}, {query_length}, {key_length}) "
+        f"{dtype_name} scores and softmax weights",
         "Use implementation='fused' (no attention matrix is stored), region-based attention "
         "(RegionNonLocalAttention, attention inside each cell of a grid), or tiled inference "
         f"({tile_hint}: at this limit a map of up to {side}x{side} positions fits); "
         "or raise the limit with max_attention_bytes.",
-        needed_bytes=needed,
-        limit_bytes=limit,
     )
-
-
-def check_same_dtype_and_device(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-    """Raise one ``ValueError`` unless query, key and value share dtype and device.
-
-    Shared by every attention function of :mod:`srlib.attention` (dense,
-    cross-scale, sparse), so the message is the same everywhere.
-
-    Raises:
-        ValueError: the dtypes or devices differ; the message lists all three.
-    """
-    if not (query.dtype == key.dtype == value.dtype) or not (query.device == key.device == value.device):
-        raise ValueError(
-            "query, key and value must share dtype and device, got "
-            f"{query.dtype}/{query.device}, {key.dtype}/{key.device} and {value.dtype}/{value.device}"
-        )
 
 
 def _check_implementation(implementation: str) -> None:
@@ -380,23 +295,12 @@ def non_local_attention(
     return out
 
 
-def _positive_int(name: str, value) -> int:
-    """``value`` as an ``int`` if it is a positive whole number (not a bool), else ValueError."""
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and value >= 1
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_regions(regions, height: int, width: int) -> tuple[int, int]:
     """Validate a ``(rows, cols)`` region grid against an ``height x width`` map."""
     message = f"regions must be a pair (rows, cols) of positive integers, got {regions!r}"
     try:
         rows, cols = regions
-        rows, cols = _positive_int("regions", rows), _positive_int("regions", cols)
+        rows, cols = positive_int("regions", rows), positive_int("regions", cols)
     except (TypeError, ValueError):
         raise ValueError(message) from None
     if height < rows or width < cols:
@@ -549,92 +453,101 @@ def region_non_local_attention(
     return torch.cat(band_rows, dim=2)  # (N, C_v, H, W)
 
 
-def _embedding(in_channels: int, out_channels: int, activation: str | None) -> nn.Module:
-    """1x1 convolution (with bias), followed by PReLU (one learned slope, init 0.25) if asked."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
-    if activation == "prelu":
-        return nn.Sequential(conv, nn.PReLU())
-    return conv
+@dataclass
+class AttentionDetails:
+    """The attention weights of a dense attention call, for plots (``return_details=True``).
+
+    Attributes:
+        weights: ``(N, Lq, Lk)`` softmax weights; row ``q`` (query position
+            ``i*W + j``) holds what that query gives to every key position
+            (index ``g*W + h``), non-negative and summing to 1.
+        map_size: ``(H, W)`` of the query map, to reshape a row into an image.
+    """
+
+    weights: torch.Tensor
+    map_size: tuple[int, int]
+
+
+@dataclass
+class RegionAttentionDetails:
+    """The per-cell attention weights of region-based attention (``return_details=True``).
+
+    Attributes:
+        cells: the ``rows * cols`` cells of :func:`region_grid`, row by row, as
+            ``(row_slice, col_slice)`` pairs.
+        weights: one ``(N, l, l)`` tensor per cell (``l`` = pixels of that
+            cell, flattened row by row), rows summing to 1.
+    """
+
+    cells: list[tuple[slice, slice]]
+    weights: list[torch.Tensor]
 
 
 class _EmbeddedAttention(nn.Module):
-    """Shared part of the two modules: the theta / delta / psi embeddings and the optional residual."""
+    """Shared part of the dense modules: the query / key / value embeddings and the input check."""
 
     def __init__(
         self,
         channels: int,
-        embed_channels: int | None,
-        value_channels: int | None,
-        residual: bool,
-        activation: str | None,
+        reduction: int,
+        activation: str,
         implementation: str,
         max_attention_bytes: float | None,
     ):
         super().__init__()
-        channels = _positive_int("channels", channels)
-        if embed_channels is None:
-            embed_channels = max(channels // 2, 1)
-        if value_channels is None:
-            value_channels = channels
-        embed_channels = _positive_int("embed_channels", embed_channels)
-        value_channels = _positive_int("value_channels", value_channels)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be 'prelu' or None, got {activation!r}")
+        channels = positive_int("channels", channels)
+        reduction = positive_int("reduction", reduction)
+        if channels // reduction < 1:
+            raise ValueError(
+                f"channels // reduction must be at least 1 (the query/key channels), got {channels} // {reduction}"
+            )
         _check_implementation(implementation)
         self.channels = channels
-        self.embed_channels = embed_channels
-        self.value_channels = value_channels
-        self.residual = bool(residual)
-        self.activation = activation
+        self.reduction = reduction
+        self.embed_channels = channels // reduction
+        self.activation = normalize_activation(activation)
         self.implementation = implementation
-        self.max_attention_bytes = max_attention_bytes
+        self.max_attention_bytes = optional_bytes(max_attention_bytes)
 
-        self.theta = _embedding(channels, embed_channels, activation)  # theta of eq. 2: queries
-        self.delta = _embedding(channels, embed_channels, activation)  # delta of eq. 2: keys
-        self.psi = _embedding(channels, value_channels, activation)  # psi of eq. 1: values
-        if self.residual and value_channels != channels:
-            self.output_projection: nn.Module | None = nn.Conv2d(value_channels, channels, kernel_size=1)
-        else:
-            self.output_projection = None
+        self.query_embed = embedding(channels, self.embed_channels, self.activation)  # theta of eq. 2
+        self.key_embed = embedding(channels, self.embed_channels, self.activation)  # delta of eq. 2
+        self.value_embed = embedding(channels, channels, self.activation)  # psi of eq. 1
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"{type(self).__name__} expects a (N, {self.channels}, H, W) feature map, "
-                f"got shape {tuple(x.shape)}"
-            )
+    @property
+    def memory_guarded(self) -> bool:
+        """Whether forward passes are guarded: the explicit path holds the ``(HW)^2`` matrix, the fused one does not."""
+        return self.implementation == "explicit"
 
-    def _finish(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Residual step: ``z`` alone, or ``x + output_projection(z)``."""
-        if not self.residual:
-            return z  # (N, C_v, H, W)
-        if self.output_projection is not None:
-            z = self.output_projection(z)  # (N, C, H, W)
-        return x + z  # (N, C, H, W)
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check ``x`` and return ``(theta(X), delta(X), psi(X))``: ``(N, C_e, H, W)`` twice and ``(N, C, H, W)``.
+
+        Raises:
+            ValueError: ``x`` is not a ``(N, channels, H, W)`` float map of the module's dtype and device.
+        """
+        check_feature_map(self, x, self.channels)
+        return self.query_embed(x), self.key_embed(x), self.value_embed(x)
 
     def extra_repr(self) -> str:
         return (
-            f"channels={self.channels}, embed_channels={self.embed_channels}, "
-            f"value_channels={self.value_channels}, residual={self.residual}, "
-            f"activation={self.activation!r}, implementation={self.implementation!r}"
+            f"channels={self.channels}, reduction={self.reduction}, activation={self.activation!r}, "
+            f"implementation={self.implementation!r}"
         )
 
 
+@register_attention(
+    "non_local", kind="in_scale", loops="srlib.attention.loops:non_local_loops", guarded=True,
+    bench={"dense_explicit": {"implementation": "explicit"}, "dense_fused": {"implementation": "fused"}},
+)
 class NonLocalAttention(_EmbeddedAttention):
     """In-scale non-local attention over the whole feature map (CSNLN eq. 1-2).
 
     Args:
-        channels: C, channels of the input map X.
-        embed_channels: C_e, channels of the query/key embeddings (default
-            ``channels // 2``, at least 1, as in the official CSNLN code).
-        value_channels: C_v, channels of the values (default ``channels``).
-        residual: add the input back: ``out = X + Z`` (``X + W_z Z`` with a 1x1
-            convolution ``W_z`` from C_v to C when ``C_v != C``).  CSNLN's own
-            IS-NL has no residual (default False); the residual form is that of
-            Wang et al., "Non-local Neural Networks", CVPR 2018, eq. 6.
+        channels: C, channels of the input map X (and of the output Z).
+        reduction: the query/key embeddings have ``C_e = C // reduction``
+            channels (default 2, as in the official CSNLN code).
         activation: ``"prelu"`` (default: each embedding is 1x1 conv + PReLU,
-            as in the official CSNLN code) or None (plain 1x1 convolutions, as
-            in the paper's formula).
+            as in the official CSNLN code) or ``"none"`` (plain 1x1
+            convolutions, as in the paper's formula).
         implementation: ``"explicit"`` (default) or ``"fused"``, see
             :func:`non_local_attention`.  Both compute the same function; change
             it at any time through the attribute of the same name.
@@ -643,26 +556,26 @@ class NonLocalAttention(_EmbeddedAttention):
             :func:`check_attention_memory`; ``math.inf``: no limit).
 
     Layers (the names are the checkpoint keys) and the paper's symbols:
-        ``theta`` - theta of eq. 2, the query embedding of ``X_{i,j}``: 1x1 conv C -> C_e (+ PReLU);
-        ``delta`` - delta of eq. 2, the key embedding of ``X_{g,h}`` and ``X_{u,v}``: 1x1 conv C -> C_e (+ PReLU);
-        ``psi`` - psi of eq. 1, the value transform of ``X_{g,h}``: 1x1 conv C -> C_v (+ PReLU);
-        ``output_projection`` - ``W_z`` (not in CSNLN): 1x1 conv C_v -> C, only with
-        ``residual=True`` and ``C_v != C``, else None.
+        ``query_embed`` - theta of eq. 2, the query embedding of ``X_{i,j}``: 1x1 conv C -> C_e (+ PReLU);
+        ``key_embed`` - delta of eq. 2, the key embedding of ``X_{g,h}`` and ``X_{u,v}``: 1x1 conv C -> C_e (+ PReLU);
+        ``value_embed`` - psi of eq. 1, the value transform of ``X_{g,h}``: 1x1 conv C -> C (+ PReLU).
+        Each is ``Sequential(conv[, PReLU])`` (keys ``query_embed.0.weight`` ...).
         The similarity ``phi = theta^T delta`` (eq. 2) and the softmax have no
-        parameters and no ``1/sqrt(C_e)`` scaling.
+        parameters and no ``1/sqrt(C_e)`` scaling.  There is no residual: the
+        model adds the output to its input if it wants one.
 
-    Forward ``forward(x, return_attention=False)``:
-        ``x``: ``(N, C, H, W)`` float feature map, any device and dtype matching
-        the weights.  Returns ``out``, ``(N, C, H, W)`` with ``residual=True``,
-        else Z of eq. 1 with ``(N, C_v, H, W)`` (``= (N, C, H, W)`` by default).
-        With ``return_attention=True`` (explicit path only) returns
-        ``(out, attention)``, ``attention`` of shape ``(N, H*W, H*W)``: row
+    Forward ``forward(x, return_details=False)``:
+        ``x``: ``(N, C, H, W)`` float feature map on the module's device and
+        dtype.  Returns Z of eq. 1, ``(N, C, H, W)``.  With
+        ``return_details=True`` returns ``(Z, details)``, an
+        :class:`AttentionDetails` whose ``weights`` are ``(N, H*W, H*W)``: row
         ``i*W + j`` holds the weights pixel ``(i, j)`` gives to every pixel
-        ``(g, h)`` (index ``g*W + h``), summing to 1.
+        ``(g, h)`` (index ``g*W + h``), summing to 1 (always computed by the
+        explicit path, which holds the matrix).
 
     Raises:
         ValueError: bad constructor arguments; an input that is not
-            ``(N, C, H, W)``; ``return_attention=True`` with the fused path.
+            ``(N, C, H, W)`` of the module's dtype and device.
         AttentionMemoryError: the explicit ``(N, HW, HW)`` matrix would exceed
             the memory limit (the message says what to do instead).
 
@@ -673,37 +586,35 @@ class NonLocalAttention(_EmbeddedAttention):
     def __init__(
         self,
         channels: int,
-        embed_channels: int | None = None,
-        value_channels: int | None = None,
-        residual: bool = False,
-        activation: str | None = "prelu",
+        reduction: int = 2,
+        activation: str = "prelu",
         implementation: str = "explicit",
         max_attention_bytes: float | None = None,
     ):
-        super().__init__(
-            channels, embed_channels, value_channels, residual, activation, implementation, max_attention_bytes
-        )
+        super().__init__(channels, reduction, activation, implementation, max_attention_bytes)
 
-    def forward(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor, return_details: bool = False):
+        query, key, value = self.embed(x)  # (N, C_e, H, W), (N, C_e, H, W), (N, C, H, W)
         n, _, h, w = x.shape
-        query = self.theta(x).flatten(2).transpose(1, 2)  # (N, HW, C_e), theta(X_{i,j})
-        key = self.delta(x).flatten(2).transpose(1, 2)  # (N, HW, C_e), delta(X_{g,h})
-        value = self.psi(x).flatten(2).transpose(1, 2)  # (N, HW, C_v), psi(X_{g,h})
+        implementation = "explicit" if return_details else self.implementation
         result = non_local_attention(
-            query, key, value, implementation=self.implementation, return_attention=return_attention,
+            query.flatten(2).transpose(1, 2),  # (N, HW, C_e), theta(X_{i,j})
+            key.flatten(2).transpose(1, 2),  # (N, HW, C_e), delta(X_{g,h})
+            value.flatten(2).transpose(1, 2),  # (N, HW, C), psi(X_{g,h})
+            implementation=implementation, return_attention=return_details,
             max_attention_bytes=self.max_attention_bytes, map_size=(h, w),
         )
-        z, attention = result if return_attention else (result, None)  # z: (N, HW, C_v)
-        z = z.transpose(1, 2).reshape(n, self.value_channels, h, w)  # (N, C_v, H, W), Z of eq. 1
-        out = self._finish(x, z)  # (N, C, H, W) with residual, else (N, C_v, H, W)
-        if return_attention:
-            return out, attention  # attention: (N, HW, HW)
-        return out
+        z, weights = result if return_details else (result, None)  # z: (N, HW, C)
+        z = z.transpose(1, 2).reshape(n, self.channels, h, w)  # (N, C, H, W), Z of eq. 1
+        if return_details:
+            return z, AttentionDetails(weights=weights, map_size=(h, w))  # weights: (N, HW, HW)
+        return z
 
 
+@register_attention(
+    "region_non_local", kind="in_scale", loops="srlib.attention.loops:region_non_local_loops", guarded=True,
+    bench={"region": {"regions": [2, 2]}},
+)
 class RegionNonLocalAttention(_EmbeddedAttention):
     """Region-based in-scale non-local attention: eq. 1 inside each cell of a grid.
 
@@ -716,24 +627,22 @@ class RegionNonLocalAttention(_EmbeddedAttention):
     per image, and no information crosses cell borders in this layer.
 
     Args:
-        channels, embed_channels, value_channels, residual, activation,
-        implementation, max_attention_bytes: as in :class:`NonLocalAttention`.
+        channels, reduction, activation, implementation, max_attention_bytes:
+            as in :class:`NonLocalAttention`.
         regions: ``(rows, cols)`` of the grid (default ``(2, 2)``).  Any map with
             ``H >= rows`` and ``W >= cols`` works; when the grid does not divide
             the map, cells differ in size by at most one pixel (no padding).
 
-    Layers: ``theta``, ``delta``, ``psi``, ``output_projection`` exactly as in
+    Layers: ``query_embed``, ``key_embed``, ``value_embed`` exactly as in
     :class:`NonLocalAttention`, so a state dict moves between the two classes.
 
-    Forward ``forward(x)``:
-        ``(N, C, H, W)`` -> ``(N, C, H, W)`` with ``residual=True``, else
-        ``(N, C_v, H, W)``.  The per-cell attention weights are not returned;
-        call :func:`non_local_attention` with ``return_attention=True`` on one
-        cell to look at them.
+    Forward ``forward(x, return_details=False)``:
+        ``(N, C, H, W)`` -> ``(N, C, H, W)``; with ``return_details=True`` also a
+        :class:`RegionAttentionDetails` (the weights inside every cell).
 
     Raises:
         ValueError: bad constructor arguments or grid; an input that is not
-            ``(N, C, H, W)``; a map smaller than the grid.
+            ``(N, C, H, W)`` of the module's dtype and device; a map smaller than the grid.
         AttentionMemoryError: an explicit per-cell batch would exceed the limit.
 
     Source: CSNLN (Mei et al., CVPR 2020) Sec. 4.2 "Multi-Branch Exemplars"
@@ -743,28 +652,36 @@ class RegionNonLocalAttention(_EmbeddedAttention):
     def __init__(
         self,
         channels: int,
-        embed_channels: int | None = None,
-        value_channels: int | None = None,
-        residual: bool = False,
-        activation: str | None = "prelu",
+        reduction: int = 2,
+        activation: str = "prelu",
         implementation: str = "explicit",
         max_attention_bytes: float | None = None,
         regions: tuple[int, int] = (2, 2),
     ):
-        super().__init__(
-            channels, embed_channels, value_channels, residual, activation, implementation, max_attention_bytes
-        )
+        super().__init__(channels, reduction, activation, implementation, max_attention_bytes)
         self.regions = _check_regions(regions, math.inf, math.inf)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor, return_details: bool = False):
+        check_feature_map(self, x, self.channels)
         _check_regions(self.regions, x.shape[2], x.shape[3])  # before any work is spent on the embeddings
+        query, key, value = self.embed(x)  # (N, C_e, H, W), (N, C_e, H, W), (N, C, H, W)
         z = region_non_local_attention(
-            self.theta(x), self.delta(x), self.psi(x),  # (N, C_e, H, W), (N, C_e, H, W), (N, C_v, H, W)
-            regions=self.regions, implementation=self.implementation,
+            query, key, value, regions=self.regions, implementation=self.implementation,
             max_attention_bytes=self.max_attention_bytes,
-        )  # (N, C_v, H, W)
-        return self._finish(x, z)  # (N, C, H, W) with residual, else (N, C_v, H, W)
+        )  # (N, C, H, W)
+        if not return_details:
+            return z
+        cells = region_grid(x.shape[2], x.shape[3], self.regions)
+        weights = []
+        for rows, cols in cells:
+            _, cell_weights = non_local_attention(
+                query[:, :, rows, cols].flatten(2).transpose(1, 2),  # (N, l, C_e)
+                key[:, :, rows, cols].flatten(2).transpose(1, 2),  # (N, l, C_e)
+                value[:, :, rows, cols].flatten(2).transpose(1, 2),  # (N, l, C)
+                return_attention=True, max_attention_bytes=self.max_attention_bytes,
+            )
+            weights.append(cell_weights)  # (N, l, l)
+        return z, RegionAttentionDetails(cells=cells, weights=weights)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, regions={self.regions}"

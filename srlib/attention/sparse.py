@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -71,19 +71,36 @@ from torch import nn
 from srlib.attention.lsh import (
     DEFAULT_CHUNK_SIZE,
     bucket_count,
+    combine_rounds,
     cpu_generator,
+    gather_neighbour_chunks,
+    merge_chunks,
     neighbour_chunk_offsets,
+    softmax_with_logsumexp,
     sort_by_code,
+    sort_positions,
     spherical_lsh,
+    split_into_chunks,
+    unsort_positions,
 )
-from srlib.attention.non_local import check_same_dtype_and_device
+from srlib.attention._common import (
+    check_feature_map,
+    check_same_dtype_and_device,
+    embedding,
+    normalize_activation,
+    positive_int,
+)
+from srlib.attention.non_local import AttentionDetails, non_local_attention
+from srlib.attention.registry import register_attention
 
 __all__ = [
     "KEY_NORM_EPS",
+    "DenseMatchAttention",
     "NonLocalSparseAttention",
     "SparseAttentionDetails",
     "non_local_sparse_attention",
     "normalize_keys",
+    "readable_sparse_attention",
 ]
 
 # Lower bound of a key's L2 norm before dividing by it (``eps`` of ``F.normalize`` in the NLSN code).
@@ -94,7 +111,8 @@ KEY_NORM_EPS = 5e-5
 _BLOCK_SCORE_ENTRIES = 2**20
 
 
-class SparseAttentionDetails(NamedTuple):
+@dataclass
+class SparseAttentionDetails:
     """What happened inside :func:`non_local_sparse_attention`, for plots and checks.
 
     Attributes:
@@ -116,12 +134,6 @@ class SparseAttentionDetails(NamedTuple):
     round_logsumexp: torch.Tensor
     n_buckets: int
     rotations: torch.Tensor
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -307,10 +319,10 @@ def non_local_sparse_attention(
     from that code are listed in the module docstring.
     """
     _check_maps(query, key, value)
-    n_rounds = _check_positive_int("n_rounds", n_rounds)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
-    chunks_before = _check_positive_int("chunks_before", chunks_before, minimum=0)
-    chunks_after = _check_positive_int("chunks_after", chunks_after, minimum=0)
+    n_rounds = positive_int("n_rounds", n_rounds)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    chunks_before = positive_int("chunks_before", chunks_before, minimum=0)
+    chunks_after = positive_int("chunks_after", chunks_after, minimum=0)
     n, _, h, w = query.shape
     c_v = value.shape[1]
     length = h * w
@@ -367,31 +379,36 @@ def non_local_sparse_attention(
     return output, details
 
 
+@register_attention(
+    "nlsa", kind="in_scale", loops="srlib.attention.loops:nlsa_loops",
+    bench={f"nlsa_r{rounds}": {"n_rounds": rounds} for rounds in (1, 2, 4, 8)},
+    test_options=[{"chunk_size": 8, "n_rounds": 2}, {"chunk_size": 7, "n_rounds": 3, "n_buckets": 4}],
+)
 class NonLocalSparseAttention(nn.Module):
-    """The NLSA block of NLSN: embeddings, sparse attention and a scaled residual.
+    """The NLSA module of NLSN: a shared query/key embedding, a value embedding, sparse attention.
 
-    ``out = x + res_scale * NLSA(match(x), match(x), assembly(x))``, where the
-    queries and keys are the same match embedding (the keys normalised inside
-    :func:`non_local_sparse_attention`).
+    ``out = NLSA(q, q, v)`` with ``q = query_key_embed(x)`` (queries and keys
+    are the same embedding, the keys normalised inside
+    :func:`non_local_sparse_attention`) and ``v = value_embed(x)``.  There is
+    no residual inside: NLSN adds ``x + res_scale * out`` itself.
 
     Args:
         channels: C, channels of the input map.
-        reduction: the match embedding has ``C // reduction`` channels (>= 1
+        reduction: the query/key embedding has ``C // reduction`` channels (>= 1
             required; NLSN: 4).
         chunk_size: positions per chunk (NLSN: 144).
         n_rounds: hashing rounds (NLSN: 4).
         n_buckets: buckets per round, even >= 2, or None for NLSN's rule
             (:func:`srlib.attention.lsh.bucket_count`, at least 2).
-        res_scale: factor of the attention branch in the residual sum (the
-            NLSN network passes 0.1).
         seed: integer seed of the hash rotations (see "Randomness").
+        activation: ``"none"`` (NLSN: plain convolutions) or ``"prelu"`` after each embedding.
 
     Layers (the names are the checkpoint keys):
-        ``match_embedding`` - 3x3 conv (padding 1, bias) C -> C // reduction,
-        no activation: queries and keys;
-        ``assembly_embedding`` - 1x1 conv (bias) C -> C, no activation: values.
+        ``query_key_embed`` - ``Sequential(3x3 conv (padding 1, bias) C -> C // reduction)``:
+        queries and keys (NLSN's ``conv_match``);
+        ``value_embed`` - ``Sequential(1x1 conv (bias) C -> C)``: values (NLSN's ``conv_assembly``).
 
-    Randomness.  ``forward(x, generator=None, return_details=False)``:
+    Randomness.  ``forward(x, return_details=False, *, generator=None)``:
 
     * with ``generator`` (a CPU ``torch.Generator`` or an integer seed): the
       rotations come from it;
@@ -413,15 +430,15 @@ class NonLocalSparseAttention(nn.Module):
         multiple of the chunk size and may be smaller than one chunk), on the
         module's device and dtype.  Returns ``(N, C, H, W)``; with
         ``return_details=True`` the pair ``(out, details)``, a
-        :class:`SparseAttentionDetails` of the attention branch (before the
-        residual).
+        :class:`SparseAttentionDetails`.
 
     Raises:
         ValueError: bad constructor arguments (non-positive sizes, ``C //
             reduction < 1``, odd ``n_buckets``); an input that is not
-            ``(N, C, H, W)``; a generator on a non-CPU device.
-        TypeError: a non-integer ``seed``, a non-real ``res_scale``, a
-            generator that is neither a ``torch.Generator`` nor an integer.
+            ``(N, C, H, W)`` of the module's dtype and device; a generator on a
+            non-CPU device.
+        TypeError: a non-integer ``seed``, a generator that is neither a
+            ``torch.Generator`` nor an integer.
 
     Source: NLSN (Mei et al., CVPR 2021); layer sizes from the official code.
     """
@@ -433,35 +450,34 @@ class NonLocalSparseAttention(nn.Module):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         n_rounds: int = 4,
         n_buckets: int | None = None,
-        res_scale: float = 1.0,
         seed: int = 0,
+        activation: str = "none",
     ):
         super().__init__()
-        channels = _check_positive_int("channels", channels)
-        reduction = _check_positive_int("reduction", reduction)
+        channels = positive_int("channels", channels)
+        reduction = positive_int("reduction", reduction)
         if channels // reduction < 1:
             raise ValueError(
-                f"channels // reduction must be at least 1 (the match embedding's channels), got "
+                f"channels // reduction must be at least 1 (the query/key embedding's channels), got "
                 f"{channels} // {reduction} = 0; use reduction <= channels"
             )
         self.channels = channels
         self.reduction = reduction
         self.embed_channels = channels // reduction
-        self.chunk_size = _check_positive_int("chunk_size", chunk_size)
-        self.n_rounds = _check_positive_int("n_rounds", n_rounds)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.n_rounds = positive_int("n_rounds", n_rounds)
         if n_buckets is not None:
             bucket_count(1, n_buckets=n_buckets)  # checks: even, >= 2
+            n_buckets = int(n_buckets)
         self.n_buckets = n_buckets
-        if isinstance(res_scale, bool) or not isinstance(res_scale, numbers.Real):
-            raise TypeError(f"res_scale must be a real number, got {res_scale!r}")
-        self.res_scale = float(res_scale)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed)
+        self.activation = normalize_activation(activation)
         self._train_generator = cpu_generator(self.seed)
 
-        self.match_embedding = nn.Conv2d(channels, self.embed_channels, kernel_size=3, padding=1)  # queries, keys
-        self.assembly_embedding = nn.Conv2d(channels, channels, kernel_size=1)  # values
+        self.query_key_embed = embedding(channels, self.embed_channels, self.activation, kernel_size=3)
+        self.value_embed = embedding(channels, channels, self.activation)
 
     def reset_generator(self, seed: int | None = None) -> None:
         """Re-seed the training-mode generator (with ``seed``, which also replaces ``self.seed``, or ``self.seed``).
@@ -485,38 +501,195 @@ class NonLocalSparseAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        generator: torch.Generator | int | None = None,
         return_details: bool = False,
+        *,
+        generator: torch.Generator | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, SparseAttentionDetails]:
-        match, assembly = self.embed(x)  # (N, C_e, H, W) queries and keys; (N, C, H, W) values
+        match, values = self.embed(x)  # (N, C_e, H, W) queries and keys; (N, C, H, W) values
         source = self._rotation_source(generator)
-        result = non_local_sparse_attention(
-            match, match, assembly, n_rounds=self.n_rounds, chunk_size=self.chunk_size,
+        return non_local_sparse_attention(
+            match, match, values, n_rounds=self.n_rounds, chunk_size=self.chunk_size,
             n_buckets=self.n_buckets, generator=source, return_details=return_details,
-        )
-        attended, details = result if return_details else (result, None)  # attended: (N, C, H, W)
-        out = x + self.res_scale * attended  # (N, C, H, W)
-        if return_details:
-            return out, details
-        return out
+        )  # (N, C, H, W) [, details]
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check ``x`` and return its match and assembly embeddings.
+        """Check ``x`` and return its query/key and value embeddings.
 
-        ``x`` float ``(N, C, H, W)`` -> ``(match (N, C // reduction, H, W),
-        assembly (N, C, H, W))``: the match embedding gives the queries and,
-        once normalised, the keys; the assembly embedding gives the values.
+        ``x`` float ``(N, C, H, W)`` -> ``(query_key (N, C // reduction, H, W),
+        value (N, C, H, W))``: the first gives the queries and, once
+        normalised, the keys; the second gives the values.
 
         Raises:
-            ValueError: ``x`` is not a ``(N, channels, H, W)`` tensor.
+            ValueError: ``x`` is not a ``(N, channels, H, W)`` float map of the module's dtype and device.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects a (N, {self.channels}, H, W) feature map, got {shape}")
-        return self.match_embedding(x), self.assembly_embedding(x)
+        check_feature_map(self, x, self.channels)
+        return self.query_key_embed(x), self.value_embed(x)
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
-            f"n_rounds={self.n_rounds}, n_buckets={self.n_buckets}, res_scale={self.res_scale}, seed={self.seed}"
+            f"n_rounds={self.n_rounds}, n_buckets={self.n_buckets}, seed={self.seed}, activation={self.activation!r}"
         )
+
+
+@register_attention(
+    "nlsa_dense", kind="in_scale", loops="srlib.attention.loops:nlsa_dense_loops",
+    bench={"nlsa_dense": {}},
+)
+class DenseMatchAttention(NonLocalSparseAttention):
+    """NLSA's embeddings with dense attention: every query attends to every position (no hashing).
+
+    The "Non-Local" column of the NLSN supplement's Table 1, built so that it
+    differs from :class:`NonLocalSparseAttention` in nothing but sparsity: the
+    same query/key (3x3 conv ``C -> C // reduction``) and value (1x1 conv
+    ``C -> C``) embeddings, the same L2-normalised keys and raw queries, no
+    scaling; the softmax runs over all ``H*W`` positions.  It is exactly NLSA
+    with one bucket, one round and one chunk holding every position
+    (``tests/test_attention_sparse.py`` checks that equality).  ``chunk_size``, ``n_rounds``,
+    ``n_buckets`` and ``seed`` are accepted and ignored, so the two classes
+    share a constructor and a parameter count.
+
+    Forward ``forward(x, return_details=False, *, generator=None)``: ``x`` float
+    ``(N, C, H, W)`` -> ``(N, C, H, W)``; time and memory grow with
+    ``(H W)^2`` (the fused kernel avoids storing the matrix on CPU and CUDA).
+    With ``return_details=True`` also an :class:`~srlib.attention.non_local.AttentionDetails`
+    (the ``(N, HW, HW)`` weights, computed explicitly).
+
+    Raises:
+        ValueError: ``x`` is not ``(N, C, H, W)`` of the module's dtype and device.
+
+    Source: NLSN supplementary file, Table 1 ("Non-Local"); embeddings as :class:`NonLocalSparseAttention`.
+    """
+
+    def forward(self, x: torch.Tensor, return_details: bool = False, *, generator=None):
+        match, values = self.embed(x)  # (N, C_e, H, W), (N, C, H, W)
+        n, _, height, width = x.shape
+        queries = match.flatten(2).transpose(1, 2)  # (N, L, C_e)
+        keys = normalize_keys(queries)  # (N, L, C_e), unit keys
+        result = non_local_attention(
+            queries, keys, values.flatten(2).transpose(1, 2),  # values: (N, L, C)
+            implementation="explicit" if return_details else "fused", return_attention=return_details,
+            max_attention_bytes=math.inf,
+        )
+        attended, weights = result if return_details else (result, None)  # (N, L, C)
+        attended = attended.transpose(1, 2).reshape(n, self.channels, height, width)  # (N, C, H, W)
+        if return_details:
+            return attended, AttentionDetails(weights=weights, map_size=(height, width))
+        return attended
+
+
+def readable_sparse_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    n_rounds: int,
+    chunk_size: int,
+    n_buckets: int | None,
+    rotations: torch.Tensor,
+    chunks_before: int = 1,
+    chunks_after: int = 1,
+    return_details: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SparseAttentionDetails]:
+    """The readable version of :func:`non_local_sparse_attention`: every round and chunk at once, step by step.
+
+    The same function (same inputs, same output, same details) written with
+    the :mod:`srlib.attention.lsh` steps in the order of the module docstring,
+    each one a whole tensor, without the blocks of chunks and the running
+    combination of rounds that keep :func:`non_local_sparse_attention`'s
+    memory linear in ``L``:
+
+    1. keys L2-normalised (:func:`normalize_keys`), queries raw;
+    2. hash the unit keys (:func:`~srlib.attention.lsh.spherical_lsh`) with the given rotations;
+    3. stable-sort every round by code (:func:`~srlib.attention.lsh.sort_by_code`,
+       :func:`~srlib.attention.lsh.sort_positions`);
+    4. cut into chunks of ``chunk_size``, the last one padded and masked
+       (:func:`~srlib.attention.lsh.split_into_chunks`), and give each chunk the
+       keys of itself and its neighbours, each distinct chunk once
+       (:func:`~srlib.attention.lsh.gather_neighbour_chunks`);
+    5. scores ``q . k_hat``, softmax with its log-normaliser, padded keys at
+       zero weight (:func:`~srlib.attention.lsh.softmax_with_logsumexp`);
+       weighted values;
+    6. back to position order (:func:`~srlib.attention.lsh.merge_chunks`,
+       :func:`~srlib.attention.lsh.unsort_positions`) and rounds combined with
+       ``softmax_r(lse_r)`` (:func:`~srlib.attention.lsh.combine_rounds`).
+
+    Memory: all ``N R n_chunks m (K m)`` scores of all rounds exist at once
+    (``K`` neighbour chunks per chunk), so keep it to small maps - notebooks,
+    tests, exercises; use :func:`non_local_sparse_attention` in models.
+
+    Args:
+        query: ``(N, C_e, H, W)`` queries (used raw).
+        key: ``(N, C_e, H, W)`` keys (normalised here).
+        value: ``(N, C_v, H, W)`` values; all three float, one dtype, one device.
+        n_rounds: ``R`` (>= 1).
+        chunk_size: ``m``, positions per chunk (>= 1).
+        n_buckets: ``b``, even >= 2, or None for ``2 * rotations.shape[2]``.
+        rotations: ``(C_e, R, b // 2)`` hash projections (e.g.
+            :func:`~srlib.attention.lsh.random_rotations`, or ``details.rotations``
+            of a :func:`non_local_sparse_attention` call: then both give the same result).
+        chunks_before, chunks_after: neighbour chunks (>= 0; NLSN: 1 and 1).
+        return_details: also return a :class:`SparseAttentionDetails`.
+
+    Returns:
+        ``(N, C_v, H, W)``, same dtype and device as the inputs; with
+        ``return_details=True`` the pair ``(output, details)``.  Differentiable
+        with respect to query, key and value.
+
+    Raises:
+        ValueError: as :func:`non_local_sparse_attention` (bad maps, sizes,
+            bucket count, rotations of the wrong shape).
+
+    Source: NLSN (Mei et al., CVPR 2021); Reformer (Kitaev et al., ICLR 2020)
+    for sort / chunk / neighbour chunks / round combination.
+    """
+    _check_maps(query, key, value)
+    n_rounds = positive_int("n_rounds", n_rounds)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    chunks_before = positive_int("chunks_before", chunks_before, minimum=0)
+    chunks_after = positive_int("chunks_after", chunks_after, minimum=0)
+    if not isinstance(rotations, torch.Tensor):
+        raise ValueError(f"rotations must be a (C_e, n_rounds, n_buckets // 2) tensor, got {type(rotations).__name__}")
+    n, _, h, w = query.shape
+    length = h * w
+    if n_buckets is None and rotations.dim() == 3:
+        n_buckets = 2 * rotations.shape[2]
+    n_buckets = bucket_count(length, chunk_size, n_buckets=n_buckets)
+
+    # 1. Flatten the maps to sequences; unit keys, raw queries.
+    q = query.flatten(2).transpose(1, 2)  # (N, L, C_e)
+    k = normalize_keys(key.flatten(2).transpose(1, 2))  # (N, L, C_e)
+    v = value.flatten(2).transpose(1, 2)  # (N, L, C_v)
+    # 2. Hash the unit keys: one code per round and position.
+    codes, rotations = spherical_lsh(k, n_rounds, n_buckets, rotations=rotations)  # (N, R, L), (C_e, R, b/2)
+    # 3. Stable sort of every round by code.
+    order, undo = sort_by_code(codes)  # (N, R, L) each
+    # 4. Chunks of the sorted sequences; each chunk's keys and values are its own and its neighbours'.
+    q_chunks, valid = split_into_chunks(sort_positions(q, order), chunk_size)  # (N, R, nc, m, C_e), (nc, m)
+    k_chunks, _ = split_into_chunks(sort_positions(k, order), chunk_size)  # (N, R, nc, m, C_e)
+    v_chunks, _ = split_into_chunks(sort_positions(v, order), chunk_size)  # (N, R, nc, m, C_v)
+    k_seen = gather_neighbour_chunks(k_chunks, chunks_before, chunks_after)  # (N, R, nc, K m, C_e)
+    v_seen = gather_neighbour_chunks(v_chunks, chunks_before, chunks_after)  # (N, R, nc, K m, C_v)
+    key_valid = gather_neighbour_chunks(valid, chunks_before, chunks_after, dim=-2)  # (nc, K m)
+    # 5. Attend inside each neighbourhood: softmax(q . k_hat) with padded keys at zero weight.
+    scores = q_chunks @ k_seen.transpose(-1, -2)  # (N, R, nc, m, K m)
+    probabilities, lse = softmax_with_logsumexp(scores, key_valid.unsqueeze(1))  # (N, R, nc, m, K m), (N, R, nc, m)
+    out_chunks = probabilities @ v_seen  # (N, R, nc, m, C_v)
+    # 6. Drop the padded queries, undo the sort, combine the rounds with softmax_r(lse_r).
+    round_outputs = unsort_positions(merge_chunks(out_chunks, length), undo)  # (N, R, L, C_v)
+    round_lse = unsort_positions(merge_chunks(lse.unsqueeze(-1), length), undo).squeeze(-1)  # (N, R, L)
+    combined, round_weights = combine_rounds(round_outputs, round_lse)  # (N, L, C_v), (N, R, L)
+
+    c_v = value.shape[1]
+    output = combined.transpose(1, 2).reshape(n, c_v, h, w)  # (N, C_v, H, W)
+    if not return_details:
+        return output
+    details = SparseAttentionDetails(
+        codes=codes.reshape(n, n_rounds, h, w),
+        round_outputs=round_outputs.transpose(2, 3).reshape(n, n_rounds, c_v, h, w),
+        round_weights=round_weights.reshape(n, n_rounds, h, w),
+        round_logsumexp=round_lse.reshape(n, n_rounds, h, w),
+        n_buckets=n_buckets,
+        rotations=rotations,
+    )
+    return output, details

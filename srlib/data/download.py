@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 import srlib
 
 from .locate import DatasetCountWarning, list_images
-from .registry import DatasetInfo, get_dataset_info
+from .registry import ARCHIVE_SUFFIXES, DatasetInfo, get_dataset_info, is_archive_url
 
 __all__ = [
     "ChecksumError",
@@ -48,8 +48,6 @@ __all__ = [
     "download_dataset",
 ]
 
-#: URL endings recognised as archives the downloader can extract.
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_SECONDS = 60
@@ -65,12 +63,6 @@ class DownloadError(OSError):
 
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the extraction folder (absolute path, ``..``, link)."""
-
-
-def is_archive_url(url: str) -> bool:
-    """True when ``url`` (ignoring a query string) ends in one of :data:`ARCHIVE_SUFFIXES`."""
-    path = url.split("?", 1)[0].split("#", 1)[0].lower()
-    return path.endswith(ARCHIVE_SUFFIXES)
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence, Union
 
 import srlib
 
-from .registry import DATASETS, DatasetInfo, get_dataset_info
+from .registry import DATASETS, DatasetInfo, get_dataset_info, is_archive_url
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -181,8 +181,6 @@ def _how_to_get(name: str, info: DatasetInfo | None) -> str:
             f"{name!r} is not in srlib's registry (known: {known}); put its HR images in "
             f"<root>/benchmark/{name}/ and point srlib at <root> with SRLIB_DATA or --data-root."
         )
-    from .download import is_archive_url
-
     place = (
         f"DIR/{info.kind}/{info.name}/; then point srlib at DIR with the environment variable "
         f"SRLIB_DATA=DIR or the option --data-root DIR."

@@ -17,7 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DatasetInfo", "DATASETS", "DATASET_ALIASES", "get_dataset_info"]
+__all__ = ["ARCHIVE_SUFFIXES", "DatasetInfo", "DATASETS", "DATASET_ALIASES", "get_dataset_info", "is_archive_url"]
+
+#: URL endings recognised as archives the downloader can extract.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+def is_archive_url(url: str) -> bool:
+    """True when ``url`` (ignoring a query string) ends in one of :data:`ARCHIVE_SUFFIXES`."""
+    path = url.split("?", 1)[0].split("#", 1)[0].lower()
+    return path.endswith(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,17 @@ Registered here:
 
 * ``bicubic`` (:mod:`srlib.models.bicubic`) - MATLAB bicubic, no parameters, any scale >= 2;
 * ``edsr_baseline`` (:mod:`srlib.models.edsr`) - EDSR-baseline (Lim et al. 2017), x2/x3/x4;
-* ``csnln`` (:mod:`srlib.models.csnln`) - CSNLN, cross-scale non-local attention (Mei et al. 2020), x2/x3/x4.
+* ``csnln`` (:mod:`srlib.models.csnln`) - CSNLN, cross-scale non-local attention (Mei et al. 2020), x2/x3/x4;
+* ``nlsn`` (:mod:`srlib.models.nlsn`) - NLSN, EDSR with non-local sparse attention (Mei et al. 2021), x2/x3/x4.
 
-A new model module registers itself with ``@register_model("name")`` and is
-imported below so that importing :mod:`srlib.models` makes it available.
+Shared layers (``conv3x3``, ``MeanShift``, ``ResidualBlock``, ``Upsampler``,
+``ResidualAttention``) are in :mod:`srlib.models.blocks`.  The attention slots of
+``csnln`` and ``nlsn`` take any registered attention of the kind they need
+(``srlib.attention.available_attention(kind)``).
+
+A new model module registers itself with ``@register_model("name", presets=...)``
+and is imported below so that importing :mod:`srlib.models` makes it available
+(or lives in a plugin file: ``srlib train --plugin FILE.py``).
 """
 
 # Importing the model modules registers their builders.
@@ -31,7 +38,9 @@ from srlib.models.registry import (
     check_lr_batch,
     check_scale,
     model_options,
+    model_presets,
     register_model,
+    upgrade_checkpoint,
 )
 
 __all__ = [
@@ -39,6 +48,8 @@ __all__ = [
     "build_model",
     "available_models",
     "model_options",
+    "model_presets",
+    "upgrade_checkpoint",
     "check_scale",
     "check_lr_batch",
     "count_parameters",

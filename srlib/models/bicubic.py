@@ -33,9 +33,7 @@ class BicubicUpsampler(nn.Module):
 
     def __init__(self, scale: int):
         super().__init__()
-        self.model_name = "bicubic"
         self.scale = scale
-        self.options: dict = {}
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         check_lr_batch(lr)

@@ -54,7 +54,8 @@ Paper versus official code, and what is done here:
   conv(PReLU(conv(r)))`` - followed here.  (Because the block carries its own
   skip, this equals ``F_C + conv(PReLU(conv(F_C - F_I)))``.)
 * The paper's IS-NL is region-based; the code's is global.  Both are offered
-  (``in_scale="global"`` default, ``"region"`` with a ``regions x regions`` grid).
+  (``in_scale_attention="non_local"`` default, ``"region_non_local"`` with
+  ``in_scale_options={"regions": [2, 2]}``).
 * The code's CS-NL divides overlapping patches by 6; ``normalization="overlap"``
   (default) divides by the true count, ``"constant6"`` reproduces the code.
 * The code computes the output unit ``L_T`` of the last recurrence and
@@ -65,6 +66,14 @@ Cost.  The CS-NL aggregation pastes a ``(sp) x (sp) x F`` value patch for every
 is about 15 of the 20 GFLOPs of a 48x48 LR input (``cross_scale="naive"``: 6.8,
 ``"none"``: 4.9; see :func:`srlib.models.count_flops`).
 
+Attention plug-ins.  The second branch takes any registered attention of kind
+``"in_scale"`` (option ``in_scale_attention``, options ``in_scale_options``);
+the third any of kind ``"cross_scale"`` (its output is already ``s`` times
+larger) or ``"in_scale"`` (its LR output is repeated over each ``s x s`` block,
+nearest upsampling), or ``"none"`` (option ``cross_scale_attention``, options
+``cross_scale_options``).  An attention that takes a ``scale`` option gets the
+stage's factor from the model.
+
 Official size (128 channels, 12 recurrences, x2): 3,061,265 parameters, i.e. the
 "3M" of the paper's Table 2 - build it with ``build_model("csnln", 2,
 **CSNLN_OFFICIAL_OPTIONS)``.
@@ -72,21 +81,15 @@ Official size (128 channels, 12 recurrences, x2): 3,061,265 parameters, i.e. the
 
 from __future__ import annotations
 
-import math
-import numbers
+import re
 
 import torch
 from torch import nn
 
-from srlib.attention import (
-    NORMALIZATIONS,
-    CrossScaleAttention,
-    NonLocalAttention,
-    RegionNonLocalAttention,
-    bilinear_downscale,
-    naive_cross_scale_attention,
-)
-from srlib.models.edsr import DIV2K_RGB_MEAN, MeanShift
+from srlib.attention import build_attention
+from srlib.attention import attention_options as registered_options
+from srlib.attention._common import positive_int
+from srlib.models.blocks import DIV2K_RGB_MEAN, MeanShift, conv3x3
 from srlib.models.registry import check_lr_batch, check_scale, register_model
 
 __all__ = [
@@ -94,12 +97,10 @@ __all__ = [
     "CSNLN_SCALES",
     "CSNLN_OFFICIAL_OPTIONS",
     "PROJECTION_LAYERS",
-    "IN_SCALE_KINDS",
-    "CROSS_SCALE_KINDS",
-    "NaiveCrossScaleAttention",
     "MutualProjectedFusion",
     "SEMStage",
     "SelfExemplarsMiningCell",
+    "upgrade_csnln_checkpoint",
 ]
 
 CSNLN_SCALES = (2, 3, 4)
@@ -109,28 +110,21 @@ CSNLN_SCALES = (2, 3, 4)
 # official code).  ConvTranspose2d: (h - 1) * stride - 2 * padding + kernel = s * h for every h.
 PROJECTION_LAYERS = {2: (6, 2, 2), 3: (9, 3, 3), 4: (8, 4, 2)}
 
-# Choices of the ``in_scale`` and ``cross_scale`` options (see :class:`CSNLN`).
-IN_SCALE_KINDS = ("global", "region")
-CROSS_SCALE_KINDS = ("proposed", "naive", "in_scale", "none")
+# The attention kinds each branch accepts.
+IN_SCALE_BRANCH_KINDS = ("in_scale",)
+CROSS_SCALE_BRANCH_KINDS = ("cross_scale", "in_scale")
 
 # The released model (official code's defaults, attention as released).  x4_stages=2 and
-# normalization="constant6" reproduce the code; the paper's text would give "region" IS-NL.
+# normalization="constant6" reproduce the code; the paper's text would give region IS-NL.
 CSNLN_OFFICIAL_OPTIONS = dict(
     n_feats=128,
     depth=12,
-    reduction=2,
-    patch_size=3,
-    softmax_scale=10.0,
-    in_scale="global",
-    cross_scale="proposed",
-    normalization="constant6",
+    in_scale_attention="non_local",
+    in_scale_options={"reduction": 2},
+    cross_scale_attention="cross_scale",
+    cross_scale_options={"reduction": 2, "patch_size": 3, "softmax_scale": 10.0, "normalization": "constant6"},
     x4_stages=2,
 )
-
-
-def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """3x3 convolution with stride 1 and zero padding 1, so H and W are kept."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True)
 
 
 def downprojection(n_feats: int, factor: int) -> nn.Sequential:
@@ -156,67 +150,6 @@ class _ResidualEncoder(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return r + self.body(r)  # (N, F, H, W)
-
-
-class NaiveCrossScaleAttention(CrossScaleAttention):
-    """Naive cross-scale attention (supplement eq. 2) with the embeddings of :class:`CrossScaleAttention`.
-
-    ``Z[i,j] = sum_{g,h} softmax_{g,h}(phi(X[i,j], Y[g,h])) psi(Y[g,h])`` with
-    ``Y = bilinear_downscale(X, s)``: keys *and values* come from the downscaled
-    map, so the output keeps the query's resolution ``(N, C, H, W)`` and no HR
-    detail can come back.  The attention is
-    :func:`srlib.attention.naive_cross_scale_attention`; this class only adds
-    the three 1x1-conv + PReLU embeddings, inherited from
-    :class:`~srlib.attention.CrossScaleAttention` so that both have exactly the
-    same layers and parameter count (``patch_size`` and ``normalization`` are
-    not used: the naive version matches pixels and pastes nothing).
-
-    Args:
-        channels, scale, reduction, softmax_scale, pad_mode, max_attention_bytes:
-            as in :class:`~srlib.attention.CrossScaleAttention`.
-
-    Forward:
-        ``x`` float ``(N, C, H, W)`` -> ``(N, C, H, W)`` (any ``H, W >= 1``).
-
-    Raises:
-        ValueError: bad options, or ``x`` not ``(N, channels, H, W)``.
-        AttentionMemoryError: the ``(N, ceil(H/s) ceil(W/s), H, W)`` scores would
-            exceed the memory limit.
-
-    Source: Mei et al., CVPR 2020, supplementary file, eq. 2 and Table 1.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        scale: int = 2,
-        reduction: int = 2,
-        softmax_scale: float = 10.0,
-        pad_mode: str = "replicate",
-        max_attention_bytes: float | None = None,
-    ):
-        super().__init__(
-            channels, scale, patch_size=1, reduction=reduction, softmax_scale=softmax_scale,
-            pad_mode=pad_mode, max_attention_bytes=max_attention_bytes,
-        )
-
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"NaiveCrossScaleAttention expects a (N, {self.channels}, H, W) map, got {shape}")
-        small = bilinear_downscale(x, self.scale, self.pad_mode)  # (N, C, ceil(H/s), ceil(W/s)), Y
-        return naive_cross_scale_attention(
-            self.query_embed(x),  # (N, C', H, W), theta(X)
-            self.key_embed(small),  # (N, C', h, w), delta(Y)
-            self.value_embed(small),  # (N, C, h, w), psi(Y)
-            self.softmax_scale, return_attention, max_attention_bytes=self.max_attention_bytes,
-        )  # (N, C, H, W)
-
-    def extra_repr(self) -> str:
-        return (
-            f"channels={self.channels}, scale={self.scale}, reduction={self.reduction}, "
-            f"softmax_scale={self.softmax_scale}, pad_mode={self.pad_mode!r}"
-        )
 
 
 class MutualProjectedFusion(nn.Module):
@@ -284,6 +217,21 @@ class MutualProjectedFusion(nn.Module):
         return f"scale={self.scale}, fuse_cross_scale={self.fuse_cross_scale}"
 
 
+def _branch_attention(
+    slot: str, name: str, options: dict, n_feats: int, factor: int, kinds: tuple[str, ...]
+) -> nn.Module:
+    """Build a branch's registered attention; an attention that takes ``scale`` gets the stage's factor."""
+    options = dict(options)
+    if "scale" in options:
+        raise ValueError(
+            f"{slot}_options must not set 'scale': the model gives the attention its stage's factor "
+            f"(x{factor}); choose the model's scale instead"
+        )
+    if "scale" in registered_options(name):
+        options["scale"] = factor
+    return build_attention(name, n_feats, kinds=kinds, **options)
+
+
 class SEMStage(nn.Module):
     """One upscaling stage of the SEM cell: the three branches on ``features``, fused against ``local``.
 
@@ -301,20 +249,23 @@ class SEMStage(nn.Module):
         n_feats: channels ``F``.
         factor: ``r``, the upscaling of this stage's branches.
         scale: ``S``, the size of the stage output relative to ``local``.
-        reduction: query/key channels ``F // reduction`` in both attentions.
-        patch_size, softmax_scale, normalization: of the CS-NL (eq. 4).
-        in_scale: ``"global"`` (:class:`~srlib.attention.NonLocalAttention`) or
-            ``"region"`` (:class:`~srlib.attention.RegionNonLocalAttention`).
-        regions: the region grid is ``regions x regions`` (``in_scale="region"``).
-        cross_scale: the attention in the third branch, see :class:`CSNLN`.
+        in_scale_attention, in_scale_options: the registered attention of the
+            in-scale branch (kind ``"in_scale"``) and its options.
+        cross_scale_attention, cross_scale_options: the registered attention of
+            the third branch (kind ``"cross_scale"``, or ``"in_scale"`` whose LR
+            output is upsampled by nearest neighbour), or ``None`` for no third branch.
 
     Layers (checkpoint keys): ``in_scale_attention``, ``in_scale_upsample``,
-    ``cross_scale_attention`` (absent with ``cross_scale="none"``),
-    ``cross_scale_upsample`` (nearest upsampling for the LR-output variants,
+    ``cross_scale_attention`` (absent without a third branch),
+    ``cross_scale_upsample`` (nearest upsampling for the LR-output kinds,
     identity otherwise; no weights), ``fusion``.
 
     Forward ``forward(local, features)``: ``(N, F, h, w)`` and
     ``(N, F, H, W)`` with ``r*H = S*h`` -> ``(N, F, S*h, S*w)``.
+
+    Raises:
+        ValueError: an attention of a kind the branch cannot use (the message
+            lists the registered ones that fit), or options setting ``scale``.
     """
 
     def __init__(
@@ -322,35 +273,27 @@ class SEMStage(nn.Module):
         n_feats: int,
         factor: int,
         scale: int,
-        reduction: int,
-        patch_size: int,
-        softmax_scale: float,
-        normalization: str,
-        in_scale: str,
-        regions: int,
-        cross_scale: str,
+        in_scale_attention: str,
+        in_scale_options: dict,
+        cross_scale_attention: str | None,
+        cross_scale_options: dict,
     ):
         super().__init__()
-        embed_channels = n_feats // reduction
-        self.in_scale_attention = _in_scale_attention(n_feats, embed_channels, in_scale, regions)
+        self.in_scale_attention = _branch_attention(
+            "in_scale", in_scale_attention, in_scale_options, n_feats, factor, IN_SCALE_BRANCH_KINDS
+        )
         self.in_scale_upsample = upprojection(n_feats, factor)
-        if cross_scale == "proposed":  # paper eq. 4 (eq. 3 with patch_size=1): output already r times larger
-            self.cross_scale_attention: nn.Module | None = CrossScaleAttention(
-                n_feats, factor, patch_size=patch_size, reduction=reduction,
-                softmax_scale=softmax_scale, normalization=normalization,
-            )
+        if cross_scale_attention is None:  # two branches only: "L + IS-NL"
+            self.cross_scale_attention: nn.Module | None = None
             self.cross_scale_upsample: nn.Module = nn.Identity()
-        elif cross_scale == "naive":  # supplement eq. 2: LR output, each value fills its r x r block
-            self.cross_scale_attention = NaiveCrossScaleAttention(
-                n_feats, factor, reduction=reduction, softmax_scale=softmax_scale
+        else:
+            self.cross_scale_attention = _branch_attention(
+                "cross_scale", cross_scale_attention, cross_scale_options, n_feats, factor, CROSS_SCALE_BRANCH_KINDS
             )
-            self.cross_scale_upsample = nn.Upsample(scale_factor=factor, mode="nearest")
-        elif cross_scale == "in_scale":  # supplement eq. 1 in the same slot: LR output, same budget
-            self.cross_scale_attention = _in_scale_attention(n_feats, embed_channels, in_scale, regions)
-            self.cross_scale_upsample = nn.Upsample(scale_factor=factor, mode="nearest")
-        else:  # "none": two branches only
-            self.cross_scale_attention = None
-            self.cross_scale_upsample = nn.Identity()
+            if self.cross_scale_attention.attention_kind == "cross_scale":  # eq. 3-4: already r times larger
+                self.cross_scale_upsample = nn.Identity()
+            else:  # an LR output (supplement eq. 1-2 in this slot): each value fills its r x r block
+                self.cross_scale_upsample = nn.Upsample(scale_factor=factor, mode="nearest")
         self.fusion = MutualProjectedFusion(n_feats, scale, fuse_cross_scale=self.cross_scale_attention is not None)
 
     def forward(self, local: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -359,13 +302,6 @@ class SEMStage(nn.Module):
         if self.cross_scale_attention is not None:
             cross_scale = self.cross_scale_upsample(self.cross_scale_attention(features))  # (N, F, rH, rW), F_C
         return self.fusion(local, in_scale, cross_scale)  # (N, F, S*h, S*w), H
-
-
-def _in_scale_attention(n_feats: int, embed_channels: int, kind: str, regions: int) -> nn.Module:
-    """IS-NL with CSNLN's embeddings (1x1 conv + PReLU; ``F -> F//reduction`` for theta/delta, ``F -> F`` for psi)."""
-    if kind == "region":
-        return RegionNonLocalAttention(n_feats, embed_channels=embed_channels, regions=(regions, regions))
-    return NonLocalAttention(n_feats, embed_channels=embed_channels)
 
 
 class SelfExemplarsMiningCell(nn.Module):
@@ -384,8 +320,8 @@ class SelfExemplarsMiningCell(nn.Module):
     Args:
         n_feats: channels ``F``.
         scale: ``s``, 2, 3 or 4.
-        reduction, patch_size, softmax_scale, normalization, in_scale, regions,
-        cross_scale, x4_stages: see :class:`CSNLN`.
+        in_scale_attention, in_scale_options, cross_scale_attention,
+        cross_scale_options, x4_stages: see :class:`CSNLN`.
 
     Layers (checkpoint keys): ``stages`` (``nn.ModuleList`` of
     :class:`SEMStage`: one, or two for ``x4_stages=2``), ``to_lr`` (strided conv
@@ -406,13 +342,10 @@ class SelfExemplarsMiningCell(nn.Module):
         self,
         n_feats: int,
         scale: int,
-        reduction: int = 2,
-        patch_size: int = 3,
-        softmax_scale: float = 10.0,
-        normalization: str = "overlap",
-        in_scale: str = "global",
-        regions: int = 2,
-        cross_scale: str = "proposed",
+        in_scale_attention: str = "non_local",
+        in_scale_options: dict | None = None,
+        cross_scale_attention: str | None = "cross_scale",
+        cross_scale_options: dict | None = None,
         x4_stages: int = 1,
     ):
         super().__init__()
@@ -421,8 +354,8 @@ class SelfExemplarsMiningCell(nn.Module):
         plan = [(2, 2), (2, 4)] if scale == 4 and x4_stages == 2 else [(scale, scale)]
         self.scale = scale
         self.stages = nn.ModuleList(
-            SEMStage(n_feats, factor, total, reduction, patch_size, softmax_scale, normalization,
-                     in_scale, regions, cross_scale)
+            SEMStage(n_feats, factor, total, in_scale_attention, dict(in_scale_options or {}),
+                     cross_scale_attention, dict(cross_scale_options or {}))
             for factor, total in plan
         )
         self.to_lr = downprojection(n_feats, scale)
@@ -439,18 +372,86 @@ class SelfExemplarsMiningCell(nn.Module):
         return self.post_conv(self.to_lr(hidden))  # (N, F, h, w)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+# Checkpoints written before the attention registry (srlib 0.1 layout): CSNLN's own attention
+# options and kind names, and the in-scale attention's layers called theta / delta / psi.
+_LEGACY_IN_SCALE = {"global": "non_local", "region": "region_non_local"}
+_LEGACY_CROSS_SCALE = {"proposed": "cross_scale", "naive": "cross_scale_naive", "none": "none"}
+_LEGACY_LAYERS = {"theta": "query_embed", "delta": "key_embed", "psi": "value_embed"}
 
 
-def _choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+def upgrade_csnln_checkpoint(options: dict, state) -> tuple[dict, dict]:
+    """Map a CSNLN checkpoint of the pre-registry layout onto today's; current ones pass unchanged.
+
+    The mapping (documented here and tested on the shipped ``data/checkpoints/csnln_x2.pt``):
+
+    * ``in_scale="global" | "region"`` -> ``in_scale_attention="non_local" | "region_non_local"``,
+      ``regions=r`` -> ``in_scale_options["regions"] = [r, r]``;
+    * ``cross_scale="proposed" | "naive" | "in_scale" | "none"`` -> ``cross_scale_attention=
+      "cross_scale" | "cross_scale_naive" | <the in-scale attention> | "none"``;
+    * ``reduction`` -> both branches' options; ``patch_size``, ``softmax_scale``,
+      ``normalization`` -> the cross-scale options (``softmax_scale`` also to the naive one);
+    * weights ``...in_scale_attention.theta|delta|psi.<k>.<p>`` (and the same under
+      ``cross_scale_attention`` for ``cross_scale="in_scale"``) -> ``query_embed|key_embed|value_embed``.
+
+    Args:
+        options: the checkpoint's ``model_options``.
+        state: its ``model_state``.
+
+    Returns:
+        ``(options, state)`` in today's layout (new dicts; tensors are shared).
+
+    Raises:
+        ValueError: a legacy ``in_scale`` or ``cross_scale`` value that has no counterpart.
+    """
+    options, state = dict(options), dict(state)
+    if "cross_scale" not in options and "in_scale" not in options:
+        return options, state
+    in_scale = options.pop("in_scale", "global")
+    cross_scale = options.pop("cross_scale", "proposed")
+    if in_scale not in _LEGACY_IN_SCALE or cross_scale not in (*_LEGACY_CROSS_SCALE, "in_scale"):
+        raise ValueError(f"cannot upgrade CSNLN options in_scale={in_scale!r}, cross_scale={cross_scale!r}")
+    reduction = options.pop("reduction", 2)
+    regions = options.pop("regions", 2)
+    patch_size = options.pop("patch_size", 3)
+    softmax_scale = options.pop("softmax_scale", 10.0)
+    normalization = options.pop("normalization", "overlap")
+    in_scale_options = {"reduction": reduction}
+    if in_scale == "region":
+        in_scale_options["regions"] = [regions, regions]
+    options["in_scale_attention"] = _LEGACY_IN_SCALE[in_scale]
+    options["in_scale_options"] = in_scale_options
+    if cross_scale == "in_scale":
+        options["cross_scale_attention"] = options["in_scale_attention"]
+        options["cross_scale_options"] = dict(in_scale_options)
+    else:
+        options["cross_scale_attention"] = _LEGACY_CROSS_SCALE[cross_scale]
+        options["cross_scale_options"] = {
+            "proposed": {"reduction": reduction, "patch_size": patch_size, "softmax_scale": softmax_scale,
+                         "normalization": normalization},
+            "naive": {"reduction": reduction, "softmax_scale": softmax_scale},
+            "none": {},
+        }[cross_scale]
+    pattern = re.compile(r"^(.*\.(?:in_scale_attention|cross_scale_attention))\.(theta|delta|psi)\.(.+)$")
+    upgraded = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match:
+            key = f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}"
+        upgraded[key] = value
+    return options, upgraded
 
 
-@register_model("csnln")  # the class is its own builder: its __init__ options are the registry options
+@register_model(  # the class is its own builder: its __init__ options are the registry options
+    "csnln",
+    presets={
+        # The quick budget keeps validation within memory (tiles) and a step affordable on a CPU
+        # (24-pixel LR patches: the attention cost grows with the square of the patch area).
+        "quick": {"model_options": {"n_feats": 32, "depth": 4}, "lr_patch": 24, "val_tile": 48},
+        "full": {"model_options": {"n_feats": 64, "depth": 6}, "val_tile": 64},
+        "smoke": {"model_options": {"n_feats": 8, "depth": 1}, "val_tile": 32},
+    },
+    upgrade=upgrade_csnln_checkpoint,
+)
 class CSNLN(nn.Module):
     """Cross-Scale Non-Local Network: head, one SEM cell applied ``depth`` times, concatenated hidden units -> RGB.
 
@@ -460,37 +461,41 @@ class CSNLN(nn.Module):
         depth: ``T``, recurrences of the SEM cell (12 in the paper; 4 here).  The
             cell's weights are shared across recurrences, so ``T`` changes only
             the tail: ``9 * T * F * 3 + 3`` parameters.
-        reduction: query/key embeddings have ``F // reduction`` channels (2).
-        patch_size: ``p`` of the CS-NL matching, odd (3; 1 gives paper eq. 3).
-        softmax_scale: CS-NL softmax temperature (10).
-        in_scale: ``"global"`` IS-NL over the whole map (official code) or
-            ``"region"`` inside each cell of a ``regions x regions`` grid (paper
-            text); ``"region"`` needs LR maps of at least ``regions`` pixels per side.
-        regions: grid size for ``in_scale="region"`` (2: a 2x2 grid).
-        cross_scale: the attention of the third branch, for the supplement's
-            Table 1 ablation:
+        in_scale_attention: the registered attention of the in-scale branch, any
+            of kind ``"in_scale"``: ``"non_local"`` (default: IS-NL over the whole
+            map, official code) or ``"region_non_local"`` (inside each cell of a
+            grid, the paper's text; needs LR maps of at least ``regions`` pixels
+            per side), or a plugin's.
+        in_scale_options: its options (None: defaults; ``reduction=2`` gives
+            query/key embeddings of ``F // 2`` channels as in CSNLN).
+        cross_scale_attention: the attention of the third branch, any of kind
+            ``"cross_scale"`` or ``"in_scale"``, or ``"none"``; for the
+            supplement's Table 1 ablation:
 
-            * ``"proposed"`` - cross-scale attention, paper eq. 4 (eq. 3 with
-              ``patch_size=1``; supplement eq. 3);
-            * ``"naive"`` - naive cross-scale attention, supplement eq. 2 (keys
-              and values from the downscaled map; its LR output is repeated over
-              each ``s x s`` block, i.e. nearest upsampling, which is eq. 3 with
-              the value ``psi(X^{sxs})`` replaced by ``psi(Y)``);
-            * ``"in_scale"`` - supplement eq. 1 in the same slot (a second IS-NL,
+            * ``"cross_scale"`` - cross-scale attention, paper eq. 4 (eq. 3 with
+              ``patch_size=1``, or ``"cross_scale_pixel"``; supplement eq. 3);
+            * ``"cross_scale_naive"`` - naive cross-scale attention, supplement
+              eq. 2 (keys and values from the downscaled map; its LR output is
+              repeated over each ``s x s`` block, i.e. nearest upsampling, which is
+              eq. 3 with the value ``psi(X^{sxs})`` replaced by ``psi(Y)``);
+            * ``"non_local"`` - supplement eq. 1 in the same slot (a second IS-NL,
               nearest-upsampled likewise);
             * ``"none"`` - no third branch: the "L + IS-NL" model of the paper's
               Table 3 (33.62 dB, the same as Table 1's "In-scale" column).
 
-            ``"proposed"``, ``"naive"`` and ``"in_scale"`` have exactly the same
-            parameters (three 1x1-conv + PReLU embeddings ``F -> F//r``,
-            ``F -> F//r``, ``F -> F``; nearest upsampling has no weights), so
-            they compare attention formulas at an equal budget.  ``"none"`` has
-            ``2 (F F/r + F/r + 1) + (F^2 + F + 1)`` (embeddings) ``+ 2 (9 F^2 + F)
-            + 1`` (residual block of eq. 6) fewer per stage.  With the defaults
-            at x2: 193,169 parameters for the first three and 172,557 (-20,612)
-            for ``"none"``.
-        normalization: CS-NL overlap averaging, ``"overlap"`` (true count) or
-            ``"constant6"`` (official code).
+            ``"cross_scale"``, ``"cross_scale_naive"`` and ``"non_local"`` have
+            exactly the same parameters (three 1x1-conv + PReLU embeddings
+            ``F -> F//r``, ``F -> F//r``, ``F -> F``; nearest upsampling has no
+            weights), so they compare attention formulas at an equal budget.
+            ``"none"`` has ``2 (F F/r + F/r + 1) + (F^2 + F + 1)`` (embeddings)
+            ``+ 2 (9 F^2 + F) + 1`` (residual block of eq. 6) fewer per stage.
+            With the defaults at x2: 193,169 parameters for the first three and
+            172,557 (-20,612) for ``"none"``.
+        cross_scale_options: its options (None: defaults; for ``"cross_scale"``
+            ``patch_size=3``, ``reduction=2``, ``softmax_scale=10``,
+            ``normalization="overlap"`` (true overlap count; ``"constant6"``:
+            the official code)).  ``scale`` is not one of them: the model sets it
+            to the stage's factor.
         x4_stages: at x4, ``1`` (one stage with ``(8, 4, 2)`` layers, default) or
             ``2`` (two x2 stages, official code); ignored at x2 and x3.  See the
             module docstring.
@@ -507,9 +512,11 @@ class CSNLN(nn.Module):
         them tiled (``srlib eval --tile 64``).
 
     Raises:
-        ValueError: unsupported scale or option values (construction); input
-            that is not ``(N, 3, h, w)`` (forward).
-        TypeError: non-float input (forward).
+        ValueError: unsupported scale or option values (construction); an
+            attention that is not registered or of a kind its branch cannot use
+            (the message lists those that fit); input that is not
+            ``(N, 3, h, w)`` or holds non-finite pixels (forward).
+        TypeError: attention options the attention does not take; non-float input (forward).
         AttentionMemoryError: the attention scores of an input would not fit.
 
     Source: Mei et al., CVPR 2020, Sec. 4.3, Fig. 3; official code ``CSNLN``.
@@ -520,51 +527,29 @@ class CSNLN(nn.Module):
         scale: int,
         n_feats: int = 32,
         depth: int = 4,
-        reduction: int = 2,
-        patch_size: int = 3,
-        softmax_scale: float = 10.0,
-        in_scale: str = "global",
-        regions: int = 2,
-        cross_scale: str = "proposed",
-        normalization: str = "overlap",
+        in_scale_attention: str = "non_local",
+        in_scale_options: dict | None = None,
+        cross_scale_attention: str = "cross_scale",
+        cross_scale_options: dict | None = None,
         x4_stages: int = 1,
     ):
         super().__init__()
         check_scale("csnln", scale, CSNLN_SCALES)
-        n_feats = _positive_int("n_feats", n_feats)
-        depth = _positive_int("depth", depth)
-        reduction = _positive_int("reduction", reduction)
-        regions = _positive_int("regions", regions)
-        if n_feats // reduction < 1:
-            raise ValueError(f"n_feats // reduction must be >= 1, got {n_feats} // {reduction}")
-        if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) or patch_size < 1 or patch_size % 2 == 0:
-            raise ValueError(f"patch_size must be a positive odd integer (1, 3, 5, ...), got {patch_size!r}")
-        if (
-            isinstance(softmax_scale, bool)
-            or not isinstance(softmax_scale, numbers.Real)
-            or not (math.isfinite(softmax_scale) and softmax_scale > 0)
-        ):
-            raise ValueError(f"softmax_scale must be a positive finite number (10 in CSNLN), got {softmax_scale!r}")
-        _choice("in_scale", in_scale, IN_SCALE_KINDS)
-        _choice("cross_scale", cross_scale, CROSS_SCALE_KINDS)
-        _choice("normalization", normalization, NORMALIZATIONS)
+        n_feats = positive_int("n_feats", n_feats)
+        depth = positive_int("depth", depth)
         if isinstance(x4_stages, bool) or x4_stages not in (1, 2):
             raise ValueError(f"x4_stages must be 1 (one x4 stage) or 2 (two x2 stages), got {x4_stages!r}")
-        self.model_name = "csnln"
+        third = None if cross_scale_attention in (None, "none") else cross_scale_attention
+        if third is None and cross_scale_options:
+            raise ValueError(f"cross_scale_attention='none' takes no cross_scale_options, got {cross_scale_options!r}")
         self.scale = scale
         self.depth = depth
-        self.options = {
-            "n_feats": n_feats, "depth": depth, "reduction": reduction, "patch_size": patch_size,
-            "softmax_scale": softmax_scale, "in_scale": in_scale, "regions": regions,
-            "cross_scale": cross_scale, "normalization": normalization, "x4_stages": x4_stages,
-        }
 
         self.sub_mean = MeanShift(DIV2K_RGB_MEAN, sign=-1)
         self.head = nn.Sequential(conv3x3(3, n_feats), nn.PReLU(), conv3x3(n_feats, n_feats), nn.PReLU())
         self.sem = SelfExemplarsMiningCell(
-            n_feats, scale, reduction=reduction, patch_size=patch_size, softmax_scale=softmax_scale,
-            normalization=normalization, in_scale=in_scale, regions=regions, cross_scale=cross_scale,
-            x4_stages=x4_stages,
+            n_feats, scale, in_scale_attention=in_scale_attention, in_scale_options=in_scale_options,
+            cross_scale_attention=third, cross_scale_options=cross_scale_options, x4_stages=x4_stages,
         )
         self.tail = conv3x3(depth * n_feats, 3)
         self.add_mean = MeanShift(DIV2K_RGB_MEAN, sign=+1)

@@ -25,6 +25,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from srlib.models.blocks import (
+    DIV2K_RGB_MEAN,
+    EDSR_SCALES,
+    MeanShift,
+    ResidualBlock,
+    Upsampler,
+    conv3x3,
+)
 from srlib.models.registry import check_lr_batch, check_scale, register_model
 
 __all__ = [
@@ -36,103 +44,6 @@ __all__ = [
     "build_edsr_baseline",
     "EDSR_SCALES",
 ]
-
-# Mean RGB of the DIV2K training images on a [0, 1] scale, as used by the EDSR
-# reference implementation (0.4488, 0.4371, 0.4040).
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-
-# Scales the pixel-shuffle up-sampler is built for.
-EDSR_SCALES = (2, 3, 4)
-
-
-def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """3x3 convolution with stride 1 and zero padding 1, so H and W are kept."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True)
-
-
-class MeanShift(nn.Module):
-    """Add or subtract a fixed per-channel RGB mean.
-
-    Args:
-        rgb_mean: three floats, the mean of R, G, B in [0, 1].
-        sign: ``-1`` to subtract (at the network input), ``+1`` to add back
-            (at the output).
-
-    Forward:
-        ``(N, 3, H, W)`` -> ``(N, 3, H, W)``, ``x + sign * mean``.
-
-    The mean is a non-persistent buffer: a constant of the architecture, not a
-    weight, so it follows ``.to(device)`` but is not stored in checkpoints and
-    does not count as a parameter.
-    """
-
-    def __init__(self, rgb_mean: tuple[float, float, float], sign: int):
-        super().__init__()
-        if sign not in (-1, 1):
-            raise ValueError(f"sign must be -1 or +1, got {sign}")
-        shift = sign * torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("shift", shift, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.shift  # (N, 3, H, W)
-
-
-class ResidualBlock(nn.Module):
-    """EDSR residual block: ``x + res_scale * conv(relu(conv(x)))``, no batch norm.
-
-    Args:
-        n_feats: channels in and out (F).
-        res_scale: factor applied to the residual branch before the addition.
-
-    Forward:
-        ``(N, F, H, W)`` -> ``(N, F, H, W)``.
-    """
-
-    def __init__(self, n_feats: int, res_scale: float = 1.0):
-        super().__init__()
-        self.conv1 = conv3x3(n_feats, n_feats)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(n_feats, n_feats)
-        self.res_scale = res_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.conv2(self.relu(self.conv1(x)))  # (N, F, H, W)
-        return x + residual * self.res_scale  # (N, F, H, W)
-
-    def extra_repr(self) -> str:
-        return f"res_scale={self.res_scale}"
-
-
-class Upsampler(nn.Sequential):
-    """Sub-pixel up-sampler: convolution to ``F * r^2`` channels, then pixel shuffle by ``r``.
-
-    x2 and x3 use one stage with ``r = scale``; x4 uses two x2 stages.  Pixel
-    shuffle rearranges ``(N, F*r^2, H, W)`` into ``(N, F, r*H, r*W)``, so all
-    convolutions run at LR resolution (Shi et al., "Real-Time Single Image and
-    Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural
-    Network", CVPR 2016).
-
-    Args:
-        n_feats: channels in and out (F).
-        scale: 2, 3 or 4.
-
-    Forward:
-        ``(N, F, H, W)`` -> ``(N, F, scale*H, scale*W)``.
-
-    Raises:
-        ValueError: another scale.
-    """
-
-    def __init__(self, n_feats: int, scale: int):
-        check_scale("Upsampler", scale, EDSR_SCALES)
-        factors = [2, 2] if scale == 4 else [scale]
-        layers: list[nn.Module] = []
-        for r in factors:
-            layers.append(nn.Conv2d(n_feats, n_feats * r * r, kernel_size=3, padding=1))  # (N, F*r^2, H, W)
-            layers.append(nn.PixelShuffle(r))  # (N, F, r*H, r*W)
-        super().__init__(*layers)
-        self.scale = scale
-
 
 class EDSR(nn.Module):
     """EDSR: mean shift, head conv, residual body with a long skip, pixel-shuffle up-sampler, tail conv.
@@ -172,9 +83,7 @@ class EDSR(nn.Module):
         if not res_scale > 0:
             raise ValueError(f"res_scale must be positive, got {res_scale!r}")
         n_feats, n_blocks = int(n_feats), int(n_blocks)
-        self.model_name = "edsr_baseline"
         self.scale = scale
-        self.options = {"n_feats": n_feats, "n_blocks": n_blocks, "res_scale": float(res_scale)}
 
         self.sub_mean = MeanShift(DIV2K_RGB_MEAN, sign=-1)
         self.head = conv3x3(3, n_feats)
@@ -195,7 +104,14 @@ class EDSR(nn.Module):
         return self.add_mean(sr)  # (N, 3, s*h, s*w)
 
 
-@register_model("edsr_baseline")
+@register_model(
+    "edsr_baseline",
+    presets={
+        "quick": {"model_options": {"n_feats": 32, "n_blocks": 4}},
+        "full": {"model_options": {"n_feats": 64, "n_blocks": 16}},
+        "smoke": {"model_options": {"n_feats": 16, "n_blocks": 2}},
+    },
+)
 def build_edsr_baseline(scale: int, n_feats: int = 64, n_blocks: int = 16, res_scale: float = 1.0) -> EDSR:
     """Builder for ``build_model("edsr_baseline", scale, ...)``.
 

@@ -30,10 +30,13 @@ blocks 8, 16, 24 and 32.  The compact default here (``B = 8``, ``k = 4``) has 3:
 before block 1 and after blocks 4 and 8.  :attr:`NLSN.attention_after_blocks`
 lists, for each NLSA in order, how many residual blocks precede it.
 
-Each NLSA maps ``(N, F, h, w)`` to ``(N, F, h, w)``:
-``x + attention_res_scale * NLSA(match(x), match(x), assembly(x))`` with a 3x3
-conv ``F -> F // reduction`` match embedding (queries and keys) and a 1x1 conv
-``F -> F`` assembly embedding (values); positions are hashed into buckets by
+Each attention block maps ``(N, F, h, w)`` to ``(N, F, h, w)``:
+``x + attention_res_scale * attention(x)`` (:class:`~srlib.models.blocks.ResidualAttention`),
+where ``attention`` is any registered attention of kind ``"in_scale"``
+(option ``attention``, default ``"nlsa"``; ``attention_options`` are its
+options, e.g. ``{"n_rounds": 2}``; ``"none"`` for the backbone alone).  NLSA
+(:class:`~srlib.attention.sparse.NonLocalSparseAttention`) has a 3x3 conv
+``F -> F // reduction`` query/key embedding and a 1x1 conv ``F -> F`` value embedding; positions are hashed into buckets by
 spherical LSH (``n_rounds`` rounds), sorted, cut into chunks of
 ``chunk_size`` positions, and each query attends to its own and the two
 neighbouring chunks.  Everything runs on the LR map.
@@ -96,22 +99,19 @@ the five NLSAs.  Build it with ``build_model("nlsn", 4, **NLSN_OFFICIAL_OPTIONS)
 
 from __future__ import annotations
 
-import math
 import numbers
+import re
 
 import torch
 from torch import nn
 
-from srlib.attention.lsh import DEFAULT_CHUNK_SIZE
-from srlib.attention.non_local import non_local_attention
-from srlib.attention.sparse import (
-    NonLocalSparseAttention,
-    SparseAttentionDetails,
-    normalize_keys,
-)
-from srlib.models.edsr import (
+from srlib.attention import build_attention
+from srlib.attention import attention_options as registered_options
+from srlib.attention._common import positive_int, positive_real
+from srlib.models.blocks import (
     DIV2K_RGB_MEAN,
     MeanShift,
+    ResidualAttention,
     ResidualBlock,
     Upsampler,
     conv3x3,
@@ -119,34 +119,34 @@ from srlib.models.edsr import (
 from srlib.models.registry import check_lr_batch, check_scale, register_model
 
 __all__ = [
-    "ATTENTION_KINDS",
     "NLSN",
     "NLSN_OFFICIAL_OPTIONS",
     "NLSN_SCALES",
-    "DenseMatchAttention",
     "attention_positions",
+    "upgrade_nlsn_checkpoint",
 ]
 
 NLSN_SCALES = (2, 3, 4)
 
 # The released NLSN (official code's defaults): EDSR with 32 residual blocks of 256 channels,
-# res_scale 0.1 passed to the blocks and to the 5 NLSAs, match embedding 256 -> 64 channels,
+# res_scale 0.1 passed to the blocks and to the 5 NLSAs, query/key embedding 256 -> 64 channels,
 # chunks of 144 positions, 4 hashing rounds, bucket count from the map size.
 # 41,796,163 parameters at x2, 44,746,563 at x3, 44,156,483 at x4 ("44M").
 NLSN_OFFICIAL_OPTIONS = {
     "n_feats": 256,
     "n_blocks": 32,
     "attention_every": 8,
-    "reduction": 4,
-    "chunk_size": 144,
-    "n_rounds": 4,
-    "n_buckets": None,
     "res_scale": 0.1,
+    "attention": "nlsa",
+    "attention_options": {"reduction": 4, "chunk_size": 144, "n_rounds": 4, "n_buckets": None},
     "attention_res_scale": 0.1,
 }
 
 # Seeds are passed to torch.Generator.manual_seed as seed + i; keep them far from its limits.
 _MAX_SEED = 2**63 - 1024
+
+# The attention kinds an NLSN body can hold: maps in, maps of the same size out.
+_BODY_KINDS = ("in_scale",)
 
 
 def attention_positions(n_blocks: int, attention_every: int) -> tuple[int, ...]:
@@ -170,100 +170,111 @@ def attention_positions(n_blocks: int, attention_every: int) -> tuple[int, ...]:
         ValueError: ``n_blocks`` is not an integer >= 0 or ``attention_every``
             not an integer >= 1.
     """
-    n_blocks = _integer("n_blocks", n_blocks, minimum=0)
-    attention_every = _integer("attention_every", attention_every, minimum=1)
+    n_blocks = positive_int("n_blocks", n_blocks, 0)
+    attention_every = positive_int("attention_every", attention_every, 1)
     return tuple(range(0, n_blocks + 1, attention_every))
 
 
-def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+# Checkpoints written before the attention registry (srlib 0.1 layout): NLSN's own options for
+# the attention, "sparse" / "dense" / "none" for its kind, and the NLSA layers at the top level of
+# each body entry.
+_LEGACY_ATTENTION_NAMES = {"sparse": "nlsa", "dense": "nlsa_dense", "none": "none"}
+_LEGACY_ATTENTION_OPTIONS = ("reduction", "chunk_size", "n_rounds", "n_buckets")
+_LEGACY_LAYERS = {"match_embedding": "attention.query_key_embed.0", "assembly_embedding": "attention.value_embed.0"}
 
 
-def _positive_real(name: str, value, hint: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number ({hint}), got {value!r}")
-    return float(value)
+def upgrade_nlsn_checkpoint(options: dict, state) -> tuple[dict, dict]:
+    """Map an NLSN checkpoint of the pre-registry layout onto today's; current ones pass unchanged.
 
+    The mapping (documented here and tested on the shipped ``data/checkpoints/nlsn_x2.pt``):
 
-ATTENTION_KINDS = ("sparse", "dense", "none")
+    * options ``attention="sparse" | "dense" | "none"`` -> ``"nlsa" | "nlsa_dense" | "none"``;
+      ``reduction``, ``chunk_size``, ``n_rounds``, ``n_buckets`` -> ``attention_options``;
+    * weights ``body.<i>.match_embedding.<p>`` -> ``body.<i>.attention.query_key_embed.0.<p>`` and
+      ``body.<i>.assembly_embedding.<p>`` -> ``body.<i>.attention.value_embed.0.<p>``
+      (the NLSA's residual moved into :class:`~srlib.models.blocks.ResidualAttention`).
 
+    Args:
+        options: the checkpoint's ``model_options``.
+        state: its ``model_state``.
 
-class DenseMatchAttention(NonLocalSparseAttention):
-    """NLSA's embeddings with dense attention: every query attends to every position (no hashing).
-
-    The "Non-Local" column of the NLSN supplement's Table 1, built so that it
-    differs from :class:`~srlib.attention.sparse.NonLocalSparseAttention` in
-    nothing but sparsity: the same match (3x3 conv ``C -> C // reduction``) and
-    assembly (1x1 conv ``C -> C``) embeddings, the same L2-normalised keys and
-    raw queries, no scaling; the softmax runs over all ``H*W`` positions.  It is
-    exactly NLSA with one bucket, one round and one chunk holding every position
-    (the sparse module's tests check that equality).  ``chunk_size``,
-    ``n_rounds``, ``n_buckets`` and ``seed`` are accepted and ignored, so the two
-    classes share a constructor and a parameter count.
-
-    Forward: ``x`` float ``(N, C, H, W)`` -> ``x + res_scale * attention``
-    ``(N, C, H, W)``; time and memory grow with ``(H W)^2`` (the fused kernel
-    avoids storing the matrix on CPU and CUDA).
+    Returns:
+        ``(options, state)`` in today's layout (new dicts; tensors are shared).
 
     Raises:
-        ValueError: ``x`` is not ``(N, C, H, W)``; ``return_details=True``
-            (there are no buckets to report).
+        ValueError: a legacy ``attention`` value that has no counterpart.
     """
+    options, state = dict(options), dict(state)
+    if "attention_options" in options or options.get("attention") not in _LEGACY_ATTENTION_NAMES:
+        return options, state
+    options["attention"] = _LEGACY_ATTENTION_NAMES[options["attention"]]
+    options["attention_options"] = {
+        key: options.pop(key) for key in _LEGACY_ATTENTION_OPTIONS if key in options
+    }
+    pattern = re.compile(r"^(body\.\d+)\.(match_embedding|assembly_embedding)\.(weight|bias)$")
+    upgraded = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match:
+            key = f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}"
+        upgraded[key] = value
+    return options, upgraded
 
-    def forward(self, x: torch.Tensor, generator=None, return_details: bool = False) -> torch.Tensor:
-        if return_details:
-            raise ValueError("dense attention has no bucket details; build the model with attention='sparse'")
-        match, assembly = self.embed(x)  # (N, C_e, H, W), (N, C, H, W)
-        n, _, height, width = x.shape
-        queries = match.flatten(2).transpose(1, 2)  # (N, L, C_e)
-        keys = normalize_keys(queries)  # (N, L, C_e), unit keys
-        values = assembly.flatten(2).transpose(1, 2)  # (N, L, C)
-        attended = non_local_attention(queries, keys, values, implementation="fused")  # (N, L, C)
-        attended = attended.transpose(1, 2).reshape(n, self.channels, height, width)  # (N, C, H, W)
-        return x + self.res_scale * attended
 
-
-@register_model("nlsn")  # the class is its own builder: its __init__ options are the registry options
+@register_model(  # the class is its own builder: its __init__ options are the registry options
+    "nlsn",
+    presets={
+        "quick": {"model_options": {"n_feats": 32, "n_blocks": 8, "attention_every": 4}},
+        "full": {"model_options": {"n_feats": 64, "n_blocks": 16, "attention_every": 4}},
+        # Sparse attention runs on whole validation images (its cost is linear in their size), so
+        # the smoke run scores Set5 only.
+        "smoke": {
+            "model_options": {"n_feats": 16, "n_blocks": 2, "attention_every": 2},
+            "final_sets": ["Set5"],
+        },
+    },
+    upgrade=upgrade_nlsn_checkpoint,
+)
 class NLSN(nn.Module):
-    """Non-Local Sparse Network: EDSR with NLSA blocks at the start of the body and after every k-th residual block.
+    """Non-Local Sparse Network: EDSR with attention blocks at the start of the body and after every k-th residual block.
 
     Args:
         scale: 2, 3 or 4.
         n_feats: feature channels ``F`` (256 in NLSN; 32 by default here).
         n_blocks: residual blocks ``B`` (32 in NLSN; 8 here); 0 leaves a
-            single NLSA in the body.
-        attention_every: ``k``, an NLSA after every ``k``-th residual block
-            (8 in NLSN; 4 here); see :func:`attention_positions`.  There are
-            ``1 + B // k`` NLSAs.
-        reduction: the match embedding has ``F // reduction`` channels (4).
-        chunk_size: positions per attention chunk (144).  A map with at most
-            this many positions is one chunk: the NLSA is then dense attention.
-        n_rounds: hashing rounds per NLSA (4).
-        n_buckets: buckets per round, an even integer >= 2, or ``None`` for
-            NLSN's rule ``min(L // 144 + (L // 144) % 2, 128)`` from the number
-            of positions ``L = h*w`` of the LR map (at least 2; see
-            :func:`srlib.attention.lsh.bucket_count`).
+            single attention block in the body.
+        attention_every: ``k``, an attention block after every ``k``-th residual
+            block (8 in NLSN; 4 here); see :func:`attention_positions`.  There
+            are ``1 + B // k`` attention blocks.
         res_scale: factor of the residual branch of every residual block (0.1,
             as the official code uses for its 256-channel model).
-        attention_res_scale: factor of the attention branch of every NLSA
-            (1.0; the official code passes its ``res_scale``, 0.1).
-        seed: integer in ``[0, 2**63 - 1024)``; the ``i``-th NLSA (body order,
-            from 0) hashes with seed ``seed + i`` (see "Randomness").
-        attention: ``"sparse"`` (NLSA, default), ``"dense"``
-            (:class:`DenseMatchAttention`: the same embeddings and parameters,
-            softmax over all positions) or ``"none"`` (the EDSR backbone alone,
-            ``A * (9 F E + E + F^2 + F)`` fewer parameters): the three columns
-            "NLSA", "Non-Local" and "baseline" of the NLSN supplement's Table 1.
+        attention: the registered attention of every attention block, any of
+            kind ``"in_scale"`` (:func:`srlib.attention.available_attention`):
+            ``"nlsa"`` (default, NLSN's sparse attention), ``"nlsa_dense"``
+            (the same embeddings and parameters, softmax over all positions),
+            ``"non_local"``, a plugin's...; or ``"none"`` (the EDSR backbone
+            alone).  ``"nlsa"``, ``"nlsa_dense"`` and ``"none"`` are the
+            columns "NLSA", "Non-Local" and "baseline" of the NLSN supplement's Table 1.
+        attention_options: options of that attention (None: its defaults; for
+            NLSA ``reduction=4``, ``chunk_size=144``, ``n_rounds=4``,
+            ``n_buckets=None``, i.e. NLSN's rule
+            ``min(L // 144 + (L // 144) % 2, 128)`` from the ``L = h*w`` LR positions).
+            ``seed`` is not one of them: see ``seed``.
+        attention_res_scale: factor of the attention branch of every attention
+            block (1.0; the official code passes its ``res_scale``, 0.1).
+        seed: integer in ``[0, 2**63 - 1024)``; when the attention takes a
+            ``seed`` option (NLSA does), the ``i``-th block (body order, from 0)
+            hashes with seed ``seed + i`` (see "Randomness").
 
     Layers (checkpoint keys): ``sub_mean`` / ``add_mean`` (:class:`MeanShift`,
     DIV2K mean, no weights); ``head`` (conv 3x3, 3 -> F); ``body``
-    (``nn.Sequential`` of the NLSAs and residual blocks in their order, like
-    the official code: ``body.0`` is the first NLSA, ``body.1`` ... ``body.k``
-    the first ``k`` blocks, ``body.k+1`` the second NLSA, ...); ``body_conv``
-    (conv 3x3, F -> F, before the long skip); ``upsampler``
-    (:class:`~srlib.models.edsr.Upsampler`); ``tail`` (conv 3x3, F -> 3).
+    (``nn.Sequential`` of the attention blocks and residual blocks in their
+    order, like the official code: ``body.0`` is the first attention block
+    (:class:`~srlib.models.blocks.ResidualAttention`, its module under
+    ``body.0.attention``), ``body.1`` ... ``body.k`` the first ``k`` residual
+    blocks, ``body.k+1`` the second attention block, ...); ``body_conv`` (conv
+    3x3, F -> F, before the long skip); ``upsampler``
+    (:class:`~srlib.models.blocks.Upsampler`); ``tail`` (conv 3x3, F -> 3).
 
     Randomness.  Each NLSA keeps its own seed ``seed + i``.  In eval mode every
     forward hashes with rotations drawn afresh from that seed: two forwards on
@@ -276,20 +287,21 @@ class NLSN(nn.Module):
     Forward ``forward(lr, return_details=False)``:
         float32 RGB in [0, 1] ``(N, 3, h, w)``, any ``h, w >= 1`` ->
         ``(N, 3, s*h, s*w)``, not clamped.  With ``return_details=True`` the pair
-        ``(sr, details)``, ``details`` a list with one
-        :class:`~srlib.attention.sparse.SparseAttentionDetails` per NLSA in
-        body order (bucket ``codes`` ``(N, n_rounds, h, w)``, per-round outputs
-        and weights, the rotations used); the output is the same as without
-        details.  The work of an NLSA grows like ``n_rounds * h*w * 3 *
-        chunk_size`` and its memory linearly in ``h*w`` (rounds and blocks of
-        chunks are processed one after another; see
+        ``(sr, details)``, ``details`` a list with the details of every
+        attention block in body order (for NLSA a
+        :class:`~srlib.attention.sparse.SparseAttentionDetails`: bucket
+        ``codes`` ``(N, n_rounds, h, w)``, per-round outputs and weights, the
+        rotations used); the output is the same as without details.  The work
+        of an NLSA grows like ``n_rounds * h*w * 3 * chunk_size`` and its memory
+        linearly in ``h*w`` (see
         :func:`~srlib.attention.sparse.non_local_sparse_attention`).
 
     Raises:
         ValueError: unsupported scale or option values (construction; the
-            message names the option); input that is not ``(N, 3, h, w)``
-            (forward).
-        TypeError: non-float input (forward).
+            message names the option); an attention that is not registered or
+            not of kind ``"in_scale"`` (the message lists those that fit); input
+            that is not ``(N, 3, h, w)`` or holds non-finite pixels (forward).
+        TypeError: attention options the attention does not take; non-float input (forward).
 
     Source: Mei et al., CVPR 2021; layer layout from the official code (see the
     module docstring for where this module differs).
@@ -301,71 +313,49 @@ class NLSN(nn.Module):
         n_feats: int = 32,
         n_blocks: int = 8,
         attention_every: int = 4,
-        reduction: int = 4,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        n_rounds: int = 4,
-        n_buckets: int | None = None,
         res_scale: float = 0.1,
+        attention: str = "nlsa",
+        attention_options: dict | None = None,
         attention_res_scale: float = 1.0,
         seed: int = 0,
-        attention: str = "sparse",
     ):
         super().__init__()
         check_scale("nlsn", scale, NLSN_SCALES)
-        n_feats = _integer("n_feats", n_feats, minimum=1)
-        n_blocks = _integer("n_blocks", n_blocks, minimum=0)
-        attention_every = _integer("attention_every", attention_every, minimum=1)
-        reduction = _integer("reduction", reduction, minimum=1)
-        if n_feats // reduction < 1:
-            raise ValueError(
-                f"reduction must be at most n_feats (the match embedding has n_feats // reduction "
-                f"channels), got n_feats={n_feats}, reduction={reduction}"
-            )
-        chunk_size = _integer("chunk_size", chunk_size, minimum=1)
-        n_rounds = _integer("n_rounds", n_rounds, minimum=1)
-        if n_buckets is not None and (
-            isinstance(n_buckets, bool) or not isinstance(n_buckets, numbers.Integral)
-            or n_buckets < 2 or n_buckets % 2
-        ):
-            raise ValueError(
-                f"n_buckets must be None (NLSN's rule from the map size) or an even integer >= 2 "
-                f"(spherical LSH splits the buckets into +/- pairs), got {n_buckets!r}"
-            )
-        res_scale = _positive_real("res_scale", res_scale, "0.1 in NLSN")
-        attention_res_scale = _positive_real("attention_res_scale", attention_res_scale, "0.1 in NLSN's code")
+        n_feats = positive_int("n_feats", n_feats, 1)
+        n_blocks = positive_int("n_blocks", n_blocks, 0)
+        attention_every = positive_int("attention_every", attention_every, 1)
+        res_scale = positive_real("res_scale", res_scale, "0.1 in NLSN")
+        attention_res_scale = positive_real("attention_res_scale", attention_res_scale, "0.1 in NLSN's code")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**63 - 1024), got {seed!r}")
         seed = int(seed)
-        if attention not in ATTENTION_KINDS:
+        attention_options = dict(attention_options or {})
+        if attention in (None, "none"):
+            if attention_options:
+                raise ValueError(f"attention='none' takes no attention_options, got {attention_options!r}")
+            attention = None
+        elif "seed" in attention_options:
             raise ValueError(
-                f"attention must be one of {', '.join(map(repr, ATTENTION_KINDS))} "
-                f"(NLSA, dense attention with the same embeddings, or none), got {attention!r}"
+                "attention_options must not set 'seed': the model gives its i-th attention block seed + i; "
+                "set the model's seed option instead"
             )
-        self.model_name = "nlsn"
         self.scale = scale
-        self.options = {
-            "n_feats": n_feats, "n_blocks": n_blocks, "attention_every": attention_every,
-            "reduction": reduction, "chunk_size": chunk_size, "n_rounds": n_rounds,
-            "n_buckets": None if n_buckets is None else int(n_buckets), "res_scale": res_scale,
-            "attention_res_scale": attention_res_scale, "seed": seed, "attention": attention,
-        }
         positions = attention_positions(n_blocks, attention_every)
-        self.attention_after_blocks = positions if attention != "none" else ()
-        attention_class = DenseMatchAttention if attention == "dense" else NonLocalSparseAttention
+        self.attention_after_blocks = positions if attention is not None else ()
+        takes_seed = attention is not None and "seed" in registered_options(attention)
 
-        def nlsa(index: int) -> list[nn.Module]:
-            if attention == "none":
+        def attention_block(index: int) -> list[nn.Module]:
+            if attention is None:
                 return []
-            return [attention_class(
-                n_feats, reduction=reduction, chunk_size=chunk_size, n_rounds=n_rounds,
-                n_buckets=n_buckets, res_scale=attention_res_scale, seed=seed + index,
-            )]
+            extra = {"seed": seed + index} if takes_seed else {}
+            module = build_attention(attention, n_feats, kinds=_BODY_KINDS, **attention_options, **extra)
+            return [ResidualAttention(module, attention_res_scale)]
 
-        layers: list[nn.Module] = nlsa(0)
+        layers: list[nn.Module] = attention_block(0)
         for block in range(1, n_blocks + 1):
             layers.append(ResidualBlock(n_feats, res_scale))
             if block % attention_every == 0:
-                layers.extend(nlsa(block // attention_every))
+                layers.extend(attention_block(block // attention_every))
 
         self.sub_mean = MeanShift(DIV2K_RGB_MEAN, sign=-1)
         self.head = conv3x3(3, n_feats)
@@ -375,29 +365,28 @@ class NLSN(nn.Module):
         self.tail = conv3x3(n_feats, 3)
         self.add_mean = MeanShift(DIV2K_RGB_MEAN, sign=+1)
 
-    def attention_modules(self) -> list[NonLocalSparseAttention]:
-        """The NLSA modules in body order (``len == 1 + n_blocks // attention_every``).
+    def attention_modules(self) -> list[nn.Module]:
+        """The attention modules in body order (``len == 1 + n_blocks // attention_every``, 0 without attention).
 
         For plots: register forward hooks on them, or call one directly on a
         feature map with ``return_details=True`` to get its bucket codes; or
         use ``model(lr, return_details=True)`` for all of them at once.
         """
-        return [m for m in self.body if isinstance(m, NonLocalSparseAttention)]
+        return [m.attention for m in self.body if isinstance(m, ResidualAttention)]
 
     def reset_attention_generators(self) -> None:
         """Re-seed every NLSA's training-mode generator with its seed (``seed + i``), replaying the rotations."""
         for module in self.attention_modules():
-            module.reset_generator()
+            if hasattr(module, "reset_generator"):
+                module.reset_generator()
 
-    def forward(
-        self, lr: torch.Tensor, return_details: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[SparseAttentionDetails]]:
+    def forward(self, lr: torch.Tensor, return_details: bool = False):
         check_lr_batch(lr)
         shallow = self.head(self.sub_mean(lr))  # (N, F, h, w), x0
         x = shallow
-        details: list[SparseAttentionDetails] = []
+        details = []
         for layer in self.body:
-            if return_details and isinstance(layer, NonLocalSparseAttention):
+            if return_details and isinstance(layer, ResidualAttention):
                 x, layer_details = layer(x, return_details=True)  # (N, F, h, w)
                 details.append(layer_details)
             else:
@@ -407,3 +396,4 @@ class NLSN(nn.Module):
         if return_details:
             return sr, details
         return sr
+

@@ -18,38 +18,59 @@ one shared, clear error for wrong input.
 Builders declare their options as keyword parameters with defaults, e.g.
 ``def build_edsr(scale, n_feats=64, n_blocks=16, res_scale=1.0)``; that
 signature is what :func:`build_model` checks unknown options against and
-where it takes the defaults from.
+where it takes the defaults from (the machinery is :class:`srlib.registry.Registry`,
+shared with the attention registry).
+
+A registration may also carry the model's training presets (``presets={"quick":
+{...}, "smoke": {...}}``, read by :func:`srlib.train.preset_config`, so that the
+trainer names no model) and an ``upgrade`` function that maps the options and
+weights of checkpoints written by older srlib versions onto today's layout
+(:func:`upgrade_checkpoint`).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import numbers
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Mapping
 
 import torch
 from torch import nn
+
+from srlib.registry import Registry
 
 __all__ = [
     "register_model",
     "build_model",
     "available_models",
     "model_options",
+    "model_presets",
+    "upgrade_checkpoint",
     "check_scale",
     "check_lr_batch",
 ]
 
 ModelBuilder = Callable[..., nn.Module]
+# upgrade(options, state) -> (options, state): old checkpoint layout -> today's (identity when current).
+CheckpointUpgrade = Callable[[dict, Mapping[str, torch.Tensor]], tuple[dict, dict]]
 
-_BUILDERS: dict[str, ModelBuilder] = {}
+MODELS = Registry("model", "scale")
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(
+    name: str,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    upgrade: CheckpointUpgrade | None = None,
+) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator that registers a model builder under ``name``.
 
     Args:
         name: the registry name, e.g. ``"edsr_baseline"`` (lower case, no spaces).
+        presets: per training preset (``"quick"``, ``"full"``, ``"smoke"``), the
+            :class:`srlib.train.TrainConfig` fields this model needs on top of the
+            preset's shared settings (e.g. ``{"model_options": {...}, "val_tile": 48}``).
+        upgrade: ``fn(options, state) -> (options, state)`` turning the options
+            and ``state_dict`` of a checkpoint written by an older srlib into
+            today's (return them unchanged when they are current).
 
     Returns:
         A decorator that stores the builder ``fn(scale, **options) -> nn.Module``
@@ -61,7 +82,7 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
     Example::
 
-        @register_model("tiny_net")
+        @register_model("tiny_net", presets={"smoke": {"model_options": {"n_feats": 8}}})
         def build_tiny_net(scale, n_feats=16):
             check_scale("tiny_net", scale, supported=(2, 4))
             return TinyNet(scale, n_feats)
@@ -70,25 +91,40 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
         raise ValueError(f"model names must be non-empty strings without spaces, got {name!r}")
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
-        existing = _BUILDERS.get(name)
-        if existing is not None and _qualified_name(existing) != _qualified_name(builder):
-            raise ValueError(
-                f"model name {name!r} is already registered by {_qualified_name(existing)}; "
-                "choose another name"
-            )
-        _BUILDERS[name] = builder
+        MODELS.register(name, builder, presets={k: dict(v) for k, v in (presets or {}).items()}, upgrade=upgrade)
         return builder
 
     return decorator
 
 
-def _qualified_name(fn: Callable) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
 def available_models() -> list[str]:
     """Names of all registered models, sorted alphabetically."""
-    return sorted(_BUILDERS)
+    return MODELS.names()
+
+
+def model_presets(name: str, preset: str) -> dict[str, Any]:
+    """The training settings that model ``name`` registered for ``preset`` (``{}`` if none).
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    return dict(MODELS.entry(name).info["presets"].get(preset, {}))
+
+
+def upgrade_checkpoint(name: str, options: dict, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Options and weights of a checkpoint of model ``name``, in today's layout.
+
+    Applies the ``upgrade`` function the model registered (see
+    :func:`register_model`); without one, returns them unchanged.
+
+    Raises:
+        ValueError: unknown model name; whatever the upgrade raises for
+            options it cannot map.
+    """
+    upgrade = MODELS.entry(name).info.get("upgrade")
+    if upgrade is None:
+        return dict(options), dict(state)
+    return upgrade(dict(options), state)
 
 
 def check_scale(model_name: str, scale: int, supported: Collection[int]) -> None:
@@ -108,37 +144,15 @@ def check_scale(model_name: str, scale: int, supported: Collection[int]) -> None
         raise ValueError(f"{model_name} supports scales {listed}, got x{scale}")
 
 
-def _option_defaults(name: str, builder: ModelBuilder) -> tuple[dict[str, Any], bool]:
-    """The builder's keyword options with their defaults, and whether it takes ``**kwargs``."""
-    params = list(inspect.signature(builder).parameters.values())
-    if not params or params[0].kind not in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ):
-        raise TypeError(f"the builder of {name!r} must take the scale as its first argument")
-    defaults: dict[str, Any] = {}
-    takes_any = False
-    for param in params[1:]:
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            takes_any = True
-        elif param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
-            continue
-        elif param.default is inspect.Parameter.empty:
-            raise TypeError(f"option {param.name!r} of the builder of {name!r} needs a default value")
-        else:
-            defaults[param.name] = param.default
-    return defaults, takes_any
-
-
 def model_options(name: str) -> dict[str, Any]:
     """The architecture options of a registered model with their default values.
 
     Raises:
         ValueError: unknown model name (the message lists the available ones).
     """
-    if name not in _BUILDERS:
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
-    return dict(_option_defaults(name, _BUILDERS[name])[0])
+    return MODELS.options(name)
 
 
 def build_model(name: str, scale: int, **options: Any) -> nn.Module:
@@ -166,25 +180,12 @@ def build_model(name: str, scale: int, **options: Any) -> nn.Module:
             lists the valid ones), or an option value that is not
             JSON-serialisable.
     """
-    if name not in _BUILDERS:
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale != int(scale) or scale < 1:
         raise ValueError(f"scale must be a positive integer such as 2, 3 or 4, got {scale!r}")
     scale = int(scale)
-    builder = _BUILDERS[name]
-    defaults, takes_any = _option_defaults(name, builder)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown and not takes_any:
-        valid = ", ".join(sorted(defaults)) or "none"
-        raise TypeError(f"{name} has no option(s) {', '.join(map(repr, unknown))}; valid options: {valid}")
-    full_options = {**defaults, **options}
-    try:
-        json.dumps(full_options)
-    except TypeError as err:
-        raise TypeError(
-            f"options of {name} must be JSON-serialisable (numbers, strings, lists, dicts), got {full_options!r}"
-        ) from err
-    model = builder(scale, **full_options)
+    model, full_options = MODELS.build(name, scale, **options)
     if not isinstance(model, nn.Module):
         raise TypeError(f"the builder of {name!r} returned {type(model).__name__}, not an nn.Module")
     model.model_name = name
@@ -203,6 +204,8 @@ def check_lr_batch(lr: torch.Tensor) -> None:
         ValueError: ``lr`` is not 4-D with 3 channels; the message gives the shape.
         TypeError: ``lr`` is not a floating tensor (e.g. uint8 straight from
             disk); convert with ``srlib.data.to_float``.
+        ValueError: ``lr`` holds NaN or infinite pixels (they would silently
+            give a NaN image); the message counts them.
     """
     if not isinstance(lr, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor shaped (N, 3, h, w), got {type(lr).__name__}")
@@ -214,4 +217,13 @@ def check_lr_batch(lr: torch.Tensor) -> None:
     if not lr.is_floating_point():
         raise TypeError(
             f"expected float RGB in [0, 1], got dtype {lr.dtype}; convert with srlib.data.to_float"
+        )
+    finite = torch.isfinite(lr)
+    if not bool(finite.all()):
+        bad = int(finite.numel() - finite.sum())
+        nan = int(torch.isnan(lr).sum())
+        raise ValueError(
+            f"the LR batch holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} infinite) out of "
+            f"{lr.numel()}; a model would turn them into a NaN image. Check the image loading or the "
+            "preprocessing (e.g. a division by zero), or replace them with torch.nan_to_num"
         )

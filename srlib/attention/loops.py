@@ -1,0 +1,800 @@
+"""Loop versions: every attention equation of srlib evaluated literally, in float64, with Python loops.
+
+These functions are written from the papers' formulas, one position (and one
+key) at a time, independently of the reshapes, ``bmm``, ``unfold`` / ``fold``,
+gathers and blocked softmaxes of the library.  They are slow - ``O((H W)^2)``
+Python operations and more - and only meant for maps of a few dozen to a few
+hundred pixels, but each line reads like the equation it implements.  Tests,
+notebooks and graded exercises check the fast implementations against this
+one file, and the registry names the module-level versions
+(:func:`srlib.attention.registry.register_attention`'s ``loops=``), so the
+contract tests compare every registered module with its equation.
+
+The only vectorised operations allowed here are a dot product or a sum over
+channels (``torch.dot``, ``(a * b).sum()``, adding a ``(C,)`` vector into an
+output pixel); everything else - positions, keys, patches, kernel taps,
+chunks, rounds - is a Python loop.  Inputs are converted to float64 and
+outputs are float64 tensors.  Softmaxes are computed as
+``exp(l_k - m) / sum_k' exp(l_k' - m)`` with ``m = max_k l_k``: the same
+fraction as ``exp(l_k) / sum_k' exp(l_k')``, shifted so that no ``exp``
+overflows (:func:`softmax_loops`).
+
+Functional loop versions (already-embedded maps):
+
+* :func:`embedding_loops` - one embedding layer (1x1 or 3x3 conv, optional PReLU);
+* :func:`dense_attention_loops` - CSNLN eq. 1-2 (in-scale non-local attention);
+* :func:`region_cells_loops`, :func:`region_attention_loops` - eq. 1-2 inside
+  each cell of a region grid (CSNLN Sec. 4.2);
+* :func:`pad_to_multiple_loops`, :func:`bilinear_downscale_loops`,
+  :func:`window_loops`, :func:`cross_scale_similarity_loops`,
+  :func:`naive_cross_scale_eq2_loops` (CSNLN supplement eq. 2),
+  :func:`pixel_cross_scale_eq3_loops` (CSNLN eq. 3 = supplement eq. 3),
+  :func:`cross_scale_eq4_loops` (CSNLN eq. 4);
+* :func:`unit_keys_loops`, :func:`spherical_codes_loops` (spherical LSH),
+  :func:`sparse_attention_loops` (NLSN's non-local sparse attention).
+
+Module-level loop versions, ``fn(module, x) -> out`` with the module's own
+weights (the ``loops=`` of the registry; equal to ``module(x)`` in eval mode):
+:func:`non_local_loops`, :func:`region_non_local_loops`,
+:func:`naive_cross_scale_loops`, :func:`pixel_cross_scale_loops`,
+:func:`cross_scale_loops`, :func:`nlsa_loops`, :func:`nlsa_dense_loops`.
+
+Sources: Y. Mei, Y. Fan, Y. Zhou, L. Huang, T. S. Huang, H. Shi, "Image
+Super-Resolution with Cross-Scale Non-Local Attention and Exhaustive
+Self-Exemplars Mining", CVPR 2020 (CSNLN; eq. 1-4 and supplement eq. 2-3);
+Y. Mei, Y. Fan, Y. Zhou, "Image Super-Resolution with Non-Local Sparse
+Attention", CVPR 2021 (NLSN); A. Andoni et al., "Practical and Optimal LSH for
+Angular Distance", NeurIPS 2015 (spherical LSH).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from srlib.attention.lsh import bucket_count, cpu_generator, neighbour_chunk_offsets, random_rotations
+
+__all__ = [
+    "CROSS_SCALE_KEY_NORM_EPS",
+    "SPARSE_KEY_NORM_EPS",
+    "bilinear_downscale_loops",
+    "cross_scale_eq4_loops",
+    "cross_scale_loops",
+    "cross_scale_similarity_loops",
+    "dense_attention_loops",
+    "embedding_loops",
+    "naive_cross_scale_eq2_loops",
+    "naive_cross_scale_loops",
+    "nlsa_dense_loops",
+    "nlsa_loops",
+    "non_local_loops",
+    "pad_to_multiple_loops",
+    "pixel_cross_scale_eq3_loops",
+    "pixel_cross_scale_loops",
+    "region_attention_loops",
+    "region_cells_loops",
+    "region_non_local_loops",
+    "softmax_loops",
+    "sparse_attention_loops",
+    "spherical_codes_loops",
+    "unit_keys_loops",
+    "window_loops",
+]
+
+DTYPE = torch.float64
+# Lower bound of a key (patch) norm in CSNLN's similarity (the official code's ``escape_NaN``).
+CROSS_SCALE_KEY_NORM_EPS = 1e-4
+# Lower bound of a key norm in NLSN (``eps`` of the official ``F.normalize``).
+SPARSE_KEY_NORM_EPS = 5e-5
+
+
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, as float64 on the CPU."""
+    return t.detach().to(device="cpu", dtype=DTYPE)
+
+
+def softmax_loops(logits: list[float]) -> list[float]:
+    """``exp(l_k) / sum_k' exp(l_k')`` for a list of logits, literally (shifted by the largest one).
+
+    Args:
+        logits: Python floats ``l_1 .. l_K`` (``K >= 1``).
+
+    Returns:
+        The ``K`` weights, non-negative, summing to 1.  Subtracting
+        ``m = max_k l_k`` from every logit leaves the fraction unchanged and
+        keeps ``exp`` from overflowing.
+    """
+    top = max(logits)
+    exps = [math.exp(value - top) for value in logits]
+    denominator = sum(exps)
+    return [e / denominator for e in exps]
+
+
+def _logsumexp_loops(logits: list[float]) -> float:
+    """``log sum_k exp(l_k)``, literally (shifted by the largest logit)."""
+    top = max(logits)
+    return top + math.log(sum(math.exp(value - top) for value in logits))
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def embedding_loops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One embedding layer by hand: a 'same' zero-padded ``k x k`` convolution, then an optional PReLU.
+
+    ``y[n, o, i, j] = b_o + sum_{a, b} W[o, :, a, b] . x[n, :, i + a - r, j + b - r]``
+    (``r = (k - 1) / 2``, terms outside the map are zero; the dot product runs
+    over the input channels), then ``y if y >= 0 else alpha_o * y`` when the
+    layer ends with a PReLU.  ``k = 1`` gives the 1x1 embeddings of CSNLN
+    (theta, delta, psi) and NLSN's value embedding; ``k = 3`` NLSN's
+    query/key embedding.
+
+    Args:
+        layer: a ``Sequential(conv[, PReLU])`` built by
+            :func:`srlib.attention._common.embedding`, or a bare ``nn.Conv2d``
+            (odd kernel, stride 1, no dilation, one group, 'same' zero padding, with or without bias).
+        x: ``(N, C_in, H, W)`` float map.
+
+    Returns:
+        ``(N, C_out, H, W)`` float64.
+
+    Raises:
+        ValueError: a layer of another form.
+    """
+    layers = list(layer) if isinstance(layer, nn.Sequential) else [layer]
+    conv = layers[0]
+    prelu = layers[1] if len(layers) > 1 else None
+    if (
+        not isinstance(conv, nn.Conv2d) or len(layers) > 2 or (prelu is not None and not isinstance(prelu, nn.PReLU))
+        or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
+        or conv.kernel_size[0] != conv.kernel_size[1] or conv.kernel_size[0] % 2 == 0
+        or conv.padding != (conv.kernel_size[0] // 2,) * 2 or conv.padding_mode != "zeros"
+    ):
+        raise ValueError(f"embedding_loops expects Sequential(odd 'same' Conv2d[, PReLU]), got {layer!r}")
+    weight = _float64(conv.weight)  # (C_out, C_in, k, k)
+    bias = _float64(conv.bias) if conv.bias is not None else torch.zeros(weight.shape[0], dtype=DTYPE)  # (C_out,)
+    x = _float64(x)  # (N, C_in, H, W)
+    n_images, _, height, width = x.shape
+    c_out, _, size, _ = weight.shape
+    radius = (size - 1) // 2
+    slopes = _float64(prelu.weight) if prelu is not None else None  # (1,) or (C_out,)
+    y = torch.zeros(n_images, c_out, height, width, dtype=DTYPE)  # (N, C_out, H, W)
+    for n in range(n_images):
+        for o in range(c_out):
+            for i in range(height):
+                for j in range(width):
+                    total = float(bias[o])
+                    for a in range(size):
+                        for b in range(size):
+                            row, col = i + a - radius, j + b - radius
+                            if 0 <= row < height and 0 <= col < width:
+                                total += float(torch.dot(weight[o, :, a, b], x[n, :, row, col]))
+                    if slopes is not None and total < 0:
+                        total *= float(slopes[o if slopes.numel() > 1 else 0])
+                    y[n, o, i, j] = total
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# In-scale non-local attention (CSNLN eq. 1-2) and its region grid
+# ----------------------------------------------------------------------------------------------
+
+
+def dense_attention_loops(
+    query_map: torch.Tensor, key_map: torch.Tensor, value_map: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSNLN eq. 1-2 literally: loops over the query pixels ``(i, j)`` and the key pixels ``(g, h)``.
+
+    ::
+
+        Z_{i,j} = sum_{g,h} exp(phi(X_ij, X_gh)) / sum_{u,v} exp(phi(X_ij, X_uv)) * psi(X_gh)   (1)
+        phi(X_ij, X_gh) = theta(X_ij)^T delta(X_gh)                                               (2)
+
+    No ``1/sqrt(C_e)`` scaling.  The keys may come from a map of another size
+    than the queries (``H_k x W_k``), e.g. NLSN's normalised keys.
+
+    Args:
+        query_map: ``theta(X)``, ``(N, C_e, H, W)``.
+        key_map: ``delta(X)``, ``(N, C_e, H_k, W_k)``.
+        value_map: ``psi(X)``, ``(N, C_v, H_k, W_k)``.
+
+    Returns:
+        ``(Z, weights)``: ``Z`` ``(N, C_v, H, W)`` float64 and the weights
+        ``(N, H, W, H_k, W_k)``, ``weights[n, i, j, g, h]`` the fraction of
+        eq. 1 (row ``i*W + j``, column ``g*W_k + h`` of the ``(N, HW, H_k W_k)``
+        matrix of :func:`srlib.attention.non_local_attention`).
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 1-2 (= supplement eq. 1).
+    """
+    query_map, key_map, value_map = _float64(query_map), _float64(key_map), _float64(value_map)
+    n_images, _, height, width = query_map.shape
+    key_h, key_w = key_map.shape[-2:]
+    z = torch.zeros(n_images, value_map.shape[1], height, width, dtype=DTYPE)  # (N, C_v, H, W)
+    weights = torch.zeros(n_images, height, width, key_h, key_w, dtype=DTYPE)  # (N, H, W, H_k, W_k)
+    keys = [(g, h) for g in range(key_h) for h in range(key_w)]
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                phi = [float(torch.dot(query_map[n, :, i, j], key_map[n, :, g, h])) for g, h in keys]  # eq. 2
+                for (g, h), weight in zip(keys, softmax_loops(phi)):  # the fraction of eq. 1
+                    weights[n, i, j, g, h] = weight
+                    z[n, :, i, j] += weight * value_map[n, :, g, h]  # (C_v,)
+    return z, weights
+
+
+def region_cells_loops(length: int, parts: int) -> list[tuple[int, int]]:
+    """The documented cut of ``length`` pixels into ``parts`` cells: the first ``length % parts`` are one longer.
+
+    Returns ``parts`` ``(start, stop)`` pairs covering ``0 .. length - 1``
+    (the rule of :func:`torch.tensor_split` and :func:`srlib.attention.region_grid`).
+    """
+    sizes = [length // parts + (1 if k < length % parts else 0) for k in range(parts)]
+    starts = [sum(sizes[:k]) for k in range(parts)]
+    return [(start, start + size) for start, size in zip(starts, sizes)]
+
+
+def region_attention_loops(
+    query_map: torch.Tensor, key_map: torch.Tensor, value_map: torch.Tensor, regions: tuple[int, int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Region-based IS-NL: eq. 1-2 applied to each cell of a ``rows x cols`` grid separately.
+
+    Every query pixel attends to the pixels of its own cell only; the cells
+    are those of :func:`region_cells_loops` in both directions, row by row.
+
+    Args:
+        query_map, key_map: ``(N, C_e, H, W)``.
+        value_map: ``(N, C_v, H, W)``.
+        regions: ``(rows, cols)`` with ``H >= rows`` and ``W >= cols``.
+
+    Returns:
+        ``(Z, cell_weights)``: ``Z`` ``(N, C_v, H, W)`` float64 and, per cell
+        (row by row), the ``(N, h_c, w_c, h_c, w_c)`` weights of
+        :func:`dense_attention_loops` inside it.
+
+    Source: CSNLN (Mei et al., CVPR 2020) Sec. 4.2 "Multi-Branch Exemplars"
+    (region-based IS-NL, after SAN), eq. 1-2 inside each region.
+    """
+    query_map, key_map, value_map = _float64(query_map), _float64(key_map), _float64(value_map)
+    n_images, _, height, width = query_map.shape
+    z = torch.zeros(n_images, value_map.shape[1], height, width, dtype=DTYPE)  # (N, C_v, H, W)
+    cell_weights = []
+    for r0, r1 in region_cells_loops(height, regions[0]):
+        for c0, c1 in region_cells_loops(width, regions[1]):
+            cell = (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
+            z[cell], weights = dense_attention_loops(query_map[cell], key_map[cell], value_map[cell])
+            cell_weights.append(weights)  # (N, r1 - r0, c1 - c0, r1 - r0, c1 - c0)
+    return z, cell_weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-scale attention (CSNLN eq. 3-4, supplement eq. 2-3)
+# ----------------------------------------------------------------------------------------------
+
+
+def pad_to_multiple_loops(t: torch.Tensor, scale: int, mode: str = "replicate") -> torch.Tensor:
+    """Pad ``(N, C, H, W)`` at the bottom and right to multiples of ``scale``, pixel by pixel.
+
+    Output row ``y`` is input row ``min(y, H - 1)`` (``"replicate"``: repeat
+    the last row) or ``y if y < H else 2 (H - 1) - y`` (``"reflect"``: mirror
+    without repeating the edge); the same for columns.
+
+    Returns:
+        ``(N, C, s ceil(H/s), s ceil(W/s))`` float64.
+
+    Raises:
+        ValueError: an unknown ``mode``.
+    """
+    if mode not in ("replicate", "reflect"):
+        raise ValueError(f"mode must be 'replicate' or 'reflect', got {mode!r}")
+    t = _float64(t)
+    height, width = t.shape[-2:]
+    padded_h, padded_w = math.ceil(height / scale) * scale, math.ceil(width / scale) * scale
+
+    def source(index: int, length: int) -> int:
+        if index < length:
+            return index
+        return length - 1 if mode == "replicate" else 2 * (length - 1) - index
+
+    out = torch.zeros(*t.shape[:2], padded_h, padded_w, dtype=DTYPE)  # (N, C, Hp, Wp)
+    for y in range(padded_h):
+        for x in range(padded_w):
+            out[:, :, y, x] = t[:, :, source(y, height), source(x, width)]  # (N, C)
+    return out
+
+
+def bilinear_downscale_loops(x: torch.Tensor, scale: int, pad_mode: str = "replicate") -> torch.Tensor:
+    """``Y = X down-s``, CSNLN's bilinear downscale (``align_corners=False``, no antialiasing), by hand.
+
+    The map is padded to a multiple of ``s`` (:func:`pad_to_multiple_loops`);
+    output pixel ``(g, h)`` samples the padded map at
+    ``((g + 1/2) s - 1/2, (h + 1/2) s - 1/2)`` by bilinear interpolation
+    between its four neighbours (at ``s = 2`` the mean of the ``2 x 2`` block,
+    at ``s = 3`` the centre pixel of the ``3 x 3`` block).
+
+    Args:
+        x: ``(N, C, H, W)`` float map.
+        scale: ``s >= 1``.
+        pad_mode: ``"replicate"`` or ``"reflect"``.
+
+    Returns:
+        ``(N, C, ceil(H/s), ceil(W/s))`` float64.
+
+    Source: CSNLN (Mei et al., CVPR 2020) Sec. 3 ("bilinear interpolation") and
+    the official code (``F.interpolate(..., mode="bilinear")``).
+    """
+    padded = pad_to_multiple_loops(x, scale, pad_mode)  # (N, C, Hp, Wp)
+    padded_h, padded_w = padded.shape[-2:]
+    small_h, small_w = padded_h // scale, padded_w // scale
+    out = torch.zeros(*padded.shape[:2], small_h, small_w, dtype=DTYPE)  # (N, C, Hp/s, Wp/s)
+
+    def taps(index: int, length: int) -> tuple[int, int, float]:
+        """The two source pixels of output ``index`` along one axis, and the weight of the second."""
+        position = (index + 0.5) * scale - 0.5
+        first = math.floor(position)
+        return first, min(first + 1, length - 1), position - first
+
+    for g in range(small_h):
+        y0, y1, wy = taps(g, padded_h)
+        for h in range(small_w):
+            x0, x1, wx = taps(h, padded_w)
+            out[:, :, g, h] = (
+                (1 - wy) * (1 - wx) * padded[:, :, y0, x0] + (1 - wy) * wx * padded[:, :, y0, x1]
+                + wy * (1 - wx) * padded[:, :, y1, x0] + wy * wx * padded[:, :, y1, x1]
+            )  # (N, C)
+    return out
+
+
+def window_loops(t: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    """The ``size x size`` window of ``t`` ``(C, H, W)`` whose top-left pixel is ``(top, left)``; zero outside.
+
+    Returns ``(C, size, size)`` (a patch "centred on ``(i, j)``" with an odd
+    ``p`` is ``window_loops(t, i - (p-1)/2, j - (p-1)/2, p)``).
+    """
+    c, height, width = t.shape
+    out = torch.zeros(c, size, size, dtype=DTYPE)  # (C, size, size)
+    for a in range(size):
+        for b in range(size):
+            y, x = top + a, left + b
+            if 0 <= y < height and 0 <= x < width:
+                out[:, a, b] = t[:, y, x]  # (C,)
+    return out
+
+
+def cross_scale_similarity_loops(query_patch: torch.Tensor, key_patch: torch.Tensor, softmax_scale: float) -> float:
+    """CSNLN's similarity ``phi(q, k) = softmax_scale * <q, k> / max(||k||, 1e-4)``.
+
+    ``query_patch`` and ``key_patch`` are ``(C', p, p)`` (``p = 1`` for a
+    pixel); the sums run over all ``C' p^2`` entries.  Keys are normalised,
+    queries are not (official code).
+    """
+    key_norm = math.sqrt(float((key_patch * key_patch).sum()))
+    return softmax_scale * float((query_patch * key_patch).sum()) / max(key_norm, CROSS_SCALE_KEY_NORM_EPS)
+
+
+def naive_cross_scale_eq2_loops(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, softmax_scale: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSNLN supplement eq. 2, naive cross-scale attention: keys *and values* from the downscaled map.
+
+    ``Z_ij = sum_{g,h} softmax_{g,h}(phi(X_ij, Y_gh)) psi(Y_gh)``, ``phi`` of
+    :func:`cross_scale_similarity_loops`.
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)``.
+        key: ``delta(Y)``, ``(N, C', h, w)``.
+        value: ``psi(Y)``, ``(N, C, h, w)``.
+        softmax_scale: the temperature (10 in CSNLN).
+
+    Returns:
+        ``(Z, weights)``: ``Z`` ``(N, C, H, W)`` float64 and the weights
+        ``(N, h*w, H, W)`` (key index ``g*w + h`` first; they sum to 1 over dim 1).
+
+    Source: CSNLN (Mei et al., CVPR 2020), supplementary file, eq. 2.
+    """
+    query, key, value = _float64(query), _float64(key), _float64(value)
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    out = torch.zeros(n_images, value.shape[1], height, width, dtype=DTYPE)  # (N, C, H, W)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)  # (N, h*w, H, W)
+    keys = [(g, k) for g in range(h) for k in range(w)]
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                logits = [cross_scale_similarity_loops(query[n, :, i, j], key[n, :, g, k], softmax_scale)
+                          for g, k in keys]  # phi(X_ij, Y_gk)
+                for (g, k), a in zip(keys, softmax_loops(logits)):
+                    out[n, :, i, j] += a * value[n, :, g, k]  # (C,), psi(Y_gk)
+                    attention[n, g * w + k, i, j] = a
+    return out, attention
+
+
+def _check_multiple(query: torch.Tensor, scale: int) -> None:
+    height, width = query.shape[-2:]
+    if height % scale or width % scale:
+        raise ValueError(
+            f"the loop versions of eq. 3-4 take a map whose size is a multiple of the scale {scale}, got "
+            f"{height}x{width}; pad it first with pad_to_multiple_loops (as the modules do) and crop the output"
+        )
+
+
+def pixel_cross_scale_eq3_loops(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: int, softmax_scale: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSNLN eq. 3 (= supplement eq. 3), pixel-to-patch: one LR similarity weights one ``s x s`` HR block.
+
+    ``Z^{sxs}_{si,sj} = sum_{g,h} softmax_{g,h}(phi(X_ij, Y_gh)) psi(X^{sxs}_{sg,sh})``:
+    the ``s x s`` output block of query ``(i, j)`` is the weighted sum of the
+    ``s x s`` blocks of ``psi(X)`` whose top-left pixels are ``(sg, sh)``.
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)``, ``H`` and ``W`` multiples of ``s``
+            (pad with :func:`pad_to_multiple_loops` first).
+        key: ``delta(Y)``, ``(N, C', H/s, W/s)``.
+        value: ``psi(X)``, ``(N, C, H, W)``.
+        scale: ``s``.
+        softmax_scale: the temperature (10 in CSNLN).
+
+    Returns:
+        ``(Z, weights)``: ``Z`` ``(N, C, sH, sW)`` float64 and the weights
+        ``(N, (H/s)(W/s), H, W)``.
+
+    Raises:
+        ValueError: ``H`` or ``W`` not a multiple of ``s``.
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 3; supplementary file eq. 3.
+    """
+    _check_multiple(query, scale)
+    query, key, value = _float64(query), _float64(key), _float64(value)
+    s = scale
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)  # (N, C, sH, sW)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)  # (N, h*w, H, W)
+    keys = [(g, k) for g in range(h) for k in range(w)]
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                logits = [cross_scale_similarity_loops(query[n, :, i, j], key[n, :, g, k], softmax_scale)
+                          for g, k in keys]  # phi(X_ij, Y_gk)
+                for (g, k), a in zip(keys, softmax_loops(logits)):
+                    block = value[n, :, s * g : s * g + s, s * k : s * k + s]  # (C, s, s), X^{sxs}_{sg,sk}
+                    out[n, :, s * i : s * i + s, s * j : s * j + s] += a * block  # Z^{sxs}_{si,sj}
+                    attention[n, g * w + k, i, j] = a
+    return out, attention
+
+
+def cross_scale_eq4_loops(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: int,
+    patch_size: int,
+    softmax_scale: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSNLN eq. 4, patch-based cross-scale attention; returns the overlapped SUM, the count and the weights.
+
+    ``Z^{sp x sp}_{si,sj} = sum_{g,h} softmax_{g,h}(phi(X^{pxp}_{ij}, Y^{pxp}_{gh})) psi(X^{sp x sp}_{sg,sh})``
+    with centred, zero-padded patches: the ``p x p`` query and key patches are
+    centred on their pixel; the ``(sp) x (sp)`` value patch "at ``(sg, sh)``"
+    is centred on the ``s x s`` block whose top-left pixel is ``(sg, sh)``,
+    i.e. it starts at ``(sg - s(p-1)/2, sh - s(p-1)/2)``.  Every output patch
+    is added where it lands; ``count`` says how many landed on each pixel
+    (divide by it for the ``"overlap"`` normalisation, by 6 for the official
+    ``"constant6"``).  ``p = 1`` is eq. 3.
+
+    Args:
+        query: ``theta(X)``, ``(N, C', H, W)``, ``H`` and ``W`` multiples of ``s``
+            (pad with :func:`pad_to_multiple_loops` first).
+        key: ``delta(Y)``, ``(N, C', H/s, W/s)``.
+        value: ``psi(X)``, ``(N, C, H, W)``.
+        scale: ``s``.
+        patch_size: ``p``, odd.
+        softmax_scale: the temperature (10 in CSNLN).
+
+    Returns:
+        ``(summed, count, weights)``: ``(N, C, sH, sW)`` float64 sums of the
+        pasted patches, the ``(sH, sW)`` number of patches on each pixel, and
+        the ``(N, (H/s)(W/s), H, W)`` weights.
+
+    Raises:
+        ValueError: ``H`` or ``W`` not a multiple of ``s``.
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 4 and Sec. 4.1; patch placement
+    as in the official code (``conv_transpose2d`` with stride ``s``, padding ``s(p-1)/2``).
+    """
+    _check_multiple(query, scale)
+    query, key, value = _float64(query), _float64(key), _float64(value)
+    s, p = scale, patch_size
+    n_images, _, height, width = query.shape
+    h, w = key.shape[-2:]
+    r = (p - 1) // 2
+    out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)  # (N, C, sH, sW)
+    count = torch.zeros(s * height, s * width, dtype=DTYPE)  # (sH, sW)
+    attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)  # (N, h*w, H, W)
+    keys = [(g, k) for g in range(h) for k in range(w)]
+    for n in range(n_images):
+        key_patches = [window_loops(key[n], g - r, k - r, p) for g, k in keys]  # (C', p, p) each, Y^{pxp}_{gk}
+        value_patches = [window_loops(value[n], s * g - s * r, s * k - s * r, s * p)
+                         for g, k in keys]  # (C, sp, sp) each, X^{sp x sp}_{sg,sk}
+        for i in range(height):
+            for j in range(width):
+                query_patch = window_loops(query[n], i - r, j - r, p)  # (C', p, p), X^{pxp}_{ij}
+                logits = [cross_scale_similarity_loops(query_patch, kp, softmax_scale) for kp in key_patches]
+                weights = softmax_loops(logits)
+                z = sum(a * vp for a, vp in zip(weights, value_patches))  # (C, sp, sp), Z^{sp x sp}_{si,sj}
+                for (g, k), a in zip(keys, weights):
+                    attention[n, g * w + k, i, j] = a
+                for a in range(s * p):
+                    for b in range(s * p):
+                        y, x = s * i - s * r + a, s * j - s * r + b
+                        if 0 <= y < s * height and 0 <= x < s * width:
+                            out[n, :, y, x] += z[:, a, b]  # (C,)
+                            if n == 0:
+                                count[y, x] += 1
+    return out, count, attention
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-local sparse attention (NLSN)
+# ----------------------------------------------------------------------------------------------
+
+
+def unit_keys_loops(key_map: torch.Tensor, eps: float = SPARSE_KEY_NORM_EPS) -> torch.Tensor:
+    """NLSN's key normalisation, pixel by pixel: ``k_hat = k / max(||k||, eps)`` over the channels.
+
+    ``(N, C_e, H, W)`` -> ``(N, C_e, H, W)`` float64 (``eps`` 5e-5, the official
+    ``F.normalize``; a zero key stays zero).
+    """
+    key_map = _float64(key_map)
+    out = torch.zeros_like(key_map)  # (N, C_e, H, W)
+    n_images, _, height, width = key_map.shape
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                k = key_map[n, :, i, j]  # (C_e,)
+                out[n, :, i, j] = k / max(math.sqrt(float(torch.dot(k, k))), eps)
+    return out
+
+
+def spherical_codes_loops(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Spherical LSH codes ``argmax(concat[x A_r, -x A_r])``, literally; the first maximum wins ties.
+
+    Args:
+        x: ``(N, L, D)`` vectors.
+        rotations: ``(D, R, b/2)`` projections ``A_r`` (:func:`srlib.attention.lsh.random_rotations`).
+
+    Returns:
+        ``(N, R, L)`` int64 codes in ``[0, b)``: code ``a < b/2`` means
+        ``+a_a`` had the largest projection, ``a + b/2`` means ``-a_a`` had.
+
+    Source: Andoni et al., NeurIPS 2015; as used by NLSN (Mei et al., CVPR 2021).
+    """
+    x, rotations = _float64(x).tolist(), _float64(rotations).tolist()  # x[n][l][d], rotations[d][r][a]
+    n_images, length, dim = len(x), len(x[0]), len(rotations)
+    n_rounds, half = len(rotations[0]), len(rotations[0][0])
+    codes = torch.zeros(n_images, n_rounds, length, dtype=torch.int64)  # (N, R, L)
+    for n in range(n_images):
+        for r in range(n_rounds):
+            for pos in range(length):
+                proj = [sum(x[n][pos][d] * rotations[d][r][a] for d in range(dim)) for a in range(half)]
+                both = proj + [-value for value in proj]  # concat[x A_r, -x A_r]
+                codes[n, r, pos] = max(range(2 * half), key=lambda c, both=both: (both[c], -c))
+    return codes
+
+
+def sparse_attention_loops(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rotations: torch.Tensor,
+    chunk_size: int,
+    chunks_before: int = 1,
+    chunks_after: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLSN's non-local sparse attention, step by step with Python loops over positions::
+
+        for each image and round r:
+            code(l)  = argmax concat[k_hat(l) A_r, -k_hat(l) A_r]         k_hat = k / max(|k|, 5e-5)
+            sorted   = positions sorted by (code, position)                 (a stable sort)
+            chunks   = consecutive runs of m sorted positions (the last one shorter)
+            for every query l in chunk c:
+                keys     = positions of the chunks c + o, o in neighbour_chunk_offsets (cyclic, each once)
+                lse_r(l) = log sum_j exp(q(l) . k_hat(j))
+                out_r(l) = sum_j exp(q(l) . k_hat(j) - lse_r(l)) v(j)
+        out(l) = sum_r softmax_r(lse_r(l)) out_r(l)
+
+    The last chunk simply holds fewer positions: that is the masking of the
+    padded keys (zero weight) and the dropping of the padded queries.
+    Queries are used raw, keys L2-normalised, no ``1/sqrt(d)``, no self-mask.
+
+    Args:
+        query: ``(N, C_e, H, W)``.
+        key: ``(N, C_e, H, W)`` (normalised here).
+        value: ``(N, C_v, H, W)``.
+        rotations: ``(C_e, R, b/2)`` hash projections, one set per round.
+        chunk_size: ``m``, positions per chunk.
+        chunks_before, chunks_after: neighbour chunks (NLSN: 1 and 1), see
+            :func:`srlib.attention.lsh.neighbour_chunk_offsets`.
+
+    Returns:
+        ``(out, codes)``: ``(N, C_v, H, W)`` float64 and the ``(N, R, H, W)``
+        int64 bucket codes.
+
+    Source: NLSN (Mei et al., CVPR 2021) and its official code; the
+    conventions (stable sort, masked padding, distinct neighbour chunks) are
+    those documented in :mod:`srlib.attention.sparse` and :mod:`srlib.attention.lsh`.
+    """
+    query, value = _float64(query), _float64(value)
+    key_hat = unit_keys_loops(key)  # (N, C_e, H, W)
+    n_images, _, height, width = query.shape
+    c_v = value.shape[1]
+    n_rounds = rotations.shape[1]
+    length = height * width
+    pixels = [(i, j) for i in range(height) for j in range(width)]  # position l = i*W + j
+    codes = spherical_codes_loops(
+        torch.stack([torch.stack([key_hat[n, :, i, j] for i, j in pixels]) for n in range(n_images)]), rotations
+    )  # (N, R, L), from the unit keys
+    out = torch.zeros(n_images, c_v, height, width, dtype=DTYPE)  # (N, C_v, H, W)
+    for n in range(n_images):
+        q = [query[n, :, i, j].tolist() for i, j in pixels]  # q[l][d]
+        k_hat = [key_hat[n, :, i, j].tolist() for i, j in pixels]  # k_hat[l][d]
+        v = [value[n, :, i, j].tolist() for i, j in pixels]  # v[l][c]
+        round_out, round_lse = [], []
+        for r in range(n_rounds):
+            code = codes[n, r].tolist()
+            ordered = sorted(range(length), key=lambda pos, code=code: (code[pos], pos))  # stable sort by code
+            chunks = [ordered[start : start + chunk_size] for start in range(0, length, chunk_size)]
+            offsets = neighbour_chunk_offsets(len(chunks), chunks_before, chunks_after)
+            outs, lses = [None] * length, [None] * length
+            for c, chunk in enumerate(chunks):
+                keys = [pos for o in offsets for pos in chunks[(c + o) % len(chunks)]]
+                for pos in chunk:
+                    scores = [sum(a * b for a, b in zip(q[pos], k_hat[t])) for t in keys]  # q . k_hat
+                    lse = _logsumexp_loops(scores)
+                    lses[pos] = lse
+                    outs[pos] = [sum(math.exp(s - lse) * v[t][ch] for s, t in zip(scores, keys)) for ch in range(c_v)]
+            round_out.append(outs)
+            round_lse.append(lses)
+        for pos, (i, j) in enumerate(pixels):
+            shares = softmax_loops([round_lse[r][pos] for r in range(n_rounds)])  # softmax_r(lse_r)
+            for ch in range(c_v):
+                out[n, ch, i, j] = sum(shares[r] * round_out[r][pos][ch] for r in range(n_rounds))
+    return out, codes.reshape(n_images, n_rounds, height, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Module-level loop versions (the registry's loops=): fn(module, x) -> out
+# ----------------------------------------------------------------------------------------------
+
+
+def non_local_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.NonLocalAttention` by loops: ``(N, C, H, W)`` -> ``Z`` ``(N, C, H, W)`` float64.
+
+    ``theta``, ``delta``, ``psi`` = the module's ``query_embed``, ``key_embed``,
+    ``value_embed`` (:func:`embedding_loops`), then CSNLN eq. 1-2
+    (:func:`dense_attention_loops`); no residual.
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 1-2.
+    """
+    query = embedding_loops(module.query_embed, x)  # (N, C_e, H, W), theta(X)
+    key = embedding_loops(module.key_embed, x)  # (N, C_e, H, W), delta(X)
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W), psi(X)
+    return dense_attention_loops(query, key, value)[0]  # (N, C, H, W)
+
+
+def region_non_local_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.RegionNonLocalAttention` by loops: eq. 1-2 inside each cell of ``module.regions``.
+
+    ``(N, C, H, W)`` -> ``(N, C, H, W)`` float64; embeddings as :func:`non_local_loops`.
+
+    Source: CSNLN (Mei et al., CVPR 2020) Sec. 4.2, eq. 1-2 per region.
+    """
+    query = embedding_loops(module.query_embed, x)  # (N, C_e, H, W)
+    key = embedding_loops(module.key_embed, x)  # (N, C_e, H, W)
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
+    return region_attention_loops(query, key, value, module.regions)[0]  # (N, C, H, W)
+
+
+def naive_cross_scale_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.NaiveCrossScaleAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, H, W)`` float64.
+
+    ``Y`` = :func:`bilinear_downscale_loops` of ``x`` (``module.scale``,
+    ``module.pad_mode``); queries ``theta(X)``, keys ``delta(Y)``, values
+    ``psi(Y)``; then supplement eq. 2 (:func:`naive_cross_scale_eq2_loops`).
+
+    Source: CSNLN (Mei et al., CVPR 2020), supplementary file, eq. 2.
+    """
+    small = bilinear_downscale_loops(x, module.scale, module.pad_mode)  # (N, C, h, w), Y
+    query = embedding_loops(module.query_embed, x)  # (N, C', H, W), theta(X)
+    key = embedding_loops(module.key_embed, small)  # (N, C', h, w), delta(Y)
+    value = embedding_loops(module.value_embed, small)  # (N, C, h, w), psi(Y)
+    return naive_cross_scale_eq2_loops(query, key, value, module.softmax_scale)[0]  # (N, C, H, W)
+
+
+def _cross_scale_maps(module: nn.Module, x: torch.Tensor):
+    """``theta(X)`` and ``psi(X)`` padded to a multiple of ``s``, and ``delta(Y)``; and ``(H, W)``."""
+    height, width = x.shape[-2:]
+    small = bilinear_downscale_loops(x, module.scale, module.pad_mode)  # (N, C, h, w), Y
+    query = embedding_loops(module.query_embed, x)  # (N, C', H, W), theta(X)
+    key = embedding_loops(module.key_embed, small)  # (N, C', h, w), delta(Y)
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W), psi(X)
+    query = pad_to_multiple_loops(query, module.scale, module.pad_mode)  # (N, C', sh, sw)
+    value = pad_to_multiple_loops(value, module.scale, module.pad_mode)  # (N, C, sh, sw)
+    return query, key, value, (height, width)
+
+
+def pixel_cross_scale_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.PixelCrossScaleAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, sH, sW)`` float64.
+
+    Queries ``theta(X)`` and values ``psi(X)`` (padded to a multiple of ``s``
+    with ``module.pad_mode``), keys ``delta(Y)`` of the bilinear downscale;
+    CSNLN eq. 3 (:func:`pixel_cross_scale_eq3_loops`) on the padded map, the
+    output cropped to ``(sH, sW)``.
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 3 (= supplement eq. 3).
+    """
+    query, key, value, (height, width) = _cross_scale_maps(module, x)
+    s = module.scale
+    out, _ = pixel_cross_scale_eq3_loops(query, key, value, s, module.softmax_scale)  # (N, C, s Hp, s Wp)
+    return out[..., : s * height, : s * width]  # (N, C, sH, sW)
+
+
+def cross_scale_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.CrossScaleAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, sH, sW)`` float64.
+
+    As :func:`pixel_cross_scale_loops` with CSNLN eq. 4
+    (:func:`cross_scale_eq4_loops`, ``module.patch_size``); the overlapped sum
+    is divided by the number of patches on each pixel of the padded grid
+    (``normalization="overlap"``) or by 6 (``"constant6"``), then cropped.
+
+    Source: CSNLN (Mei et al., CVPR 2020) eq. 4 and Sec. 4.1.
+    """
+    query, key, value, (height, width) = _cross_scale_maps(module, x)
+    s = module.scale
+    summed, count, _ = cross_scale_eq4_loops(query, key, value, s, module.patch_size, module.softmax_scale)
+    out = summed / count if module.normalization == "overlap" else summed / 6.0  # (N, C, s Hp, s Wp)
+    return out[..., : s * height, : s * width]  # (N, C, sH, sW)
+
+
+def nlsa_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.NonLocalSparseAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, H, W)`` float64.
+
+    ``q = query_key_embed(x)`` (3x3 conv, :func:`embedding_loops`) gives the
+    queries and, normalised, the keys; ``v = value_embed(x)``; then
+    :func:`sparse_attention_loops` with ``module.chunk_size`` and one
+    neighbour chunk on each side.
+
+    Fixed rotations: those the module draws in eval mode, i.e.
+    ``random_rotations(C_e, module.n_rounds, b, generator=cpu_generator(module.seed))``
+    with ``b = bucket_count(H*W, module.chunk_size, n_buckets=module.n_buckets)``
+    (float32 numbers from the CPU generator, widened to float64).  So this
+    equals ``module.eval()(x)``, and ``module(x, generator=module.seed)``.
+
+    Source: NLSN (Mei et al., CVPR 2021).
+    """
+    match = embedding_loops(module.query_key_embed, x)  # (N, C_e, H, W), queries and keys
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
+    height, width = x.shape[-2:]
+    n_buckets = bucket_count(height * width, module.chunk_size, n_buckets=module.n_buckets)
+    rotations = random_rotations(
+        match.shape[1], module.n_rounds, n_buckets, generator=cpu_generator(module.seed), dtype=DTYPE
+    )  # (C_e, R, b/2)
+    return sparse_attention_loops(match, match, value, rotations, module.chunk_size)[0]  # (N, C, H, W)
+
+
+def nlsa_dense_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.DenseMatchAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, H, W)`` float64.
+
+    NLSA's embeddings (:func:`nlsa_loops`), keys normalised
+    (:func:`unit_keys_loops`), then dense attention over all positions
+    (:func:`dense_attention_loops`): ``softmax_l'(q(l) . k_hat(l')) v(l')``.
+
+    Source: NLSN supplementary file, Table 1 ("Non-Local"); embeddings of NLSN (Mei et al., CVPR 2021).
+    """
+    match = embedding_loops(module.query_key_embed, x)  # (N, C_e, H, W)
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
+    return dense_attention_loops(match, unit_keys_loops(match), value)[0]  # (N, C, H, W)

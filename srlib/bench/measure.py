@@ -1,0 +1,542 @@
+"""How the attention benchmark measures: timing, peak memory, one fresh process per (case, size) on CPU.
+
+* :func:`measure_one` - build, warm up, time and measure one (case, size) in
+  this process (used directly on CUDA, and by the worker process on CPU);
+* :func:`measure_in_subprocess` - the same in a fresh
+  ``python -m srlib.bench _measure-one SPEC_JSON`` process, which prints its
+  record as one JSON line (:func:`worker_main`);
+* :func:`run_attention_benchmark` - every case at every size, the settings,
+  the environment and the summary (:mod:`srlib.bench.report`).
+
+The method (median after warm-up; CUDA peak from ``max_memory_allocated``;
+CPU peak from ``/proc/self/status`` after resetting ``VmHWM``) is described in
+the docstring of :mod:`srlib.bench`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import json
+import math
+import numbers
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srlib.bench.cases import BenchCase, build_case, case_inputs, resolve_cases
+
+__all__ = [
+    "DEFAULT_REPEATS",
+    "DEFAULT_SIZES",
+    "DEFAULT_SWEEP_SIZES",
+    "DEFAULT_WARMUP",
+    "QUICK_REPEATS",
+    "QUICK_SIZES",
+    "QUICK_SWEEP_SIZES",
+    "QUICK_WARMUP",
+    "WORKER_COMMAND",
+    "measure_in_subprocess",
+    "measure_one",
+    "run_attention_benchmark",
+    "worker_main",
+]
+
+DEFAULT_SIZES = (100, 150)  # NLSN supplement Table 2
+DEFAULT_SWEEP_SIZES = (25, 50, 75, 100, 125, 150, 200)
+QUICK_SIZES = (8, 16)
+QUICK_SWEEP_SIZES = (8, 16)
+DEFAULT_REPEATS, DEFAULT_WARMUP = 10, 2
+QUICK_REPEATS, QUICK_WARMUP = 1, 1
+
+WORKER_COMMAND = "_measure-one"  # hidden: `python -m srlib.bench _measure-one SPEC_JSON`
+_RESULT_PREFIX = "SRLIB_BENCH_RESULT "  # the worker's one line of JSON on stdout starts with this
+_MIB = float(2**20)
+_STOPPING_STATUSES = ("timeout", "out_of_memory")  # larger sizes of that case are then skipped
+_REPOSITORY_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this very srlib package
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory of this process
+# ----------------------------------------------------------------------------------------------
+
+
+def _release_free_heap() -> None:
+    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+
+    Without it, memory that the warm-up freed stays resident inside the heap, the
+    measured pass reuses it, and the resident peak would not show it.
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        pass
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of ``/proc/self/status`` in bytes (Linux), None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB (KiB)
+    except OSError:
+        return None
+    return None
+
+
+def _reset_resident_peak() -> bool:
+    """Reset ``VmHWM`` to the current resident size; True when the kernel allowed it."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _proc_status_bytes("VmHWM") is not None
+
+
+def _lifetime_peak_bytes() -> int | None:
+    """Peak resident memory of this process so far (``ru_maxrss``), None where unknown (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS: bytes; Linux: KiB
+
+
+# ----------------------------------------------------------------------------------------------
+# One measurement, in this process
+# ----------------------------------------------------------------------------------------------
+
+
+def _timed_passes(module: nn.Module, inputs: tuple, count: int) -> list[float]:
+    """Run ``count`` forward passes ``module(*inputs)``; return each one's wall time in ms (CUDA: synchronised)."""
+    device = inputs[0].device
+    cuda = device.type == "cuda"
+    times = []
+    for _ in range(count):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = module(*inputs)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+        del out  # not held while the next pass runs
+    return times
+
+
+def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int) -> dict[str, Any]:
+    """Times of the ``repeats`` passes after ``warmup`` ones, and the memory the passes add (bytes)."""
+    device = inputs[0].device
+    if device.type == "cuda":
+        _timed_passes(module, inputs, warmup)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        times = _timed_passes(module, inputs, repeats)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"times_ms": times, "memory_bytes": peak - before, "memory_method": "cuda_max_memory_allocated",
+                "baseline_bytes": before}
+    _release_free_heap()
+    if _reset_resident_peak():
+        _timed_passes(module, inputs, warmup)
+        _release_free_heap()
+        before = _proc_status_bytes("VmRSS")
+        _reset_resident_peak()
+        times = _timed_passes(module, inputs, repeats)
+        peak = _proc_status_bytes("VmHWM")
+        return {"times_ms": times, "memory_bytes": max(peak - before, 0), "memory_method": "proc_clear_refs",
+                "baseline_bytes": before}
+    # No resettable peak: read the lifetime peak around a first, untimed pass, then time as usual.
+    before = _lifetime_peak_bytes()
+    _timed_passes(module, inputs, 1)
+    after = _lifetime_peak_bytes()
+    _timed_passes(module, inputs, warmup)
+    times = _timed_passes(module, inputs, repeats)
+    if before is None or after is None:
+        return {"times_ms": times, "memory_bytes": None, "memory_method": "unavailable", "baseline_bytes": None}
+    return {"times_ms": times, "memory_bytes": max(after - before, 0), "memory_method": "ru_maxrss",
+            "baseline_bytes": before}
+
+
+def _new_record(spec: dict[str, Any]) -> dict[str, Any]:
+    size = spec["size"]
+    return {
+        "case": spec["case"], "size": size, "positions": size * size, "status": None, "time_ms": None,
+        "times_ms": [], "memory_mib": None, "memory_method": None, "baseline_mib": None, "reason": None,
+    }
+
+
+_SPEC_DEFAULTS = {"channels": 64, "repeats": DEFAULT_REPEATS, "warmup": DEFAULT_WARMUP, "device": "cpu",
+                  "threads": 1, "seed": 0, "region_grid": None, "max_attention_bytes": None, "probe_mib": 200.0}
+
+
+def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build, warm up, time and measure one (case, size) in this process; never raises for the case itself.
+
+    Args:
+        spec: a JSON-ready dict: the case (the keys of
+            :meth:`srlib.bench.cases.BenchCase.to_spec`, or just ``"case"``: a
+            registered or calibration name), ``size`` (S of the ``(1, C, S, S)``
+            float32 input), and optionally ``channels`` (64), ``repeats`` (10),
+            ``warmup`` (2), ``device`` (``"cpu"``), ``threads`` (1), ``seed`` (0),
+            ``region_grid`` (None: as registered), ``max_attention_bytes``
+            (None: the guard's default; ``"inf"``: off) and ``probe_mib`` (200).
+
+    Returns:
+        One record: ``case, size, positions, status, time_ms`` (median, ms),
+        ``times_ms``, ``memory_mib`` (peak added, MiB), ``memory_method``,
+        ``baseline_mib``, ``reason`` (see :func:`run_attention_benchmark`).
+
+    Raises:
+        KeyError: ``spec`` without ``"case"`` or ``"size"``.
+        ValueError: a ``"case"`` name that is neither registered nor calibration
+            (only when ``spec`` has no ``"source"``).
+    """
+    from srlib.attention import AttentionMemoryError
+
+    spec = {**_SPEC_DEFAULTS, **spec}
+    case = BenchCase.from_spec(spec) if "source" in spec else resolve_cases([spec["case"]])[0]
+    record = _new_record(spec)
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
+    limit = spec["max_attention_bytes"]
+    grid = spec["region_grid"]
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's generator
+            torch.manual_seed(spec["seed"])
+            module = build_case(
+                case, spec["channels"], region_grid=None if grid is None else tuple(grid),
+                max_attention_bytes=math.inf if limit == "inf" else limit, probe_mib=spec["probe_mib"],
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure of one case is recorded, the run goes on
+        return {**record, "status": "failed", "reason": f"building the module: {type(exc).__name__}: {exc}"}
+    module = module.to(device).eval()
+    generator = torch.Generator().manual_seed(spec["seed"])
+    size = spec["size"]
+    x = torch.randn((1, spec["channels"], size, size), generator=generator).to(device)  # (1, C, S, S) float32
+    inputs = case_inputs(case, x, generator)  # (x,) or (x, [K references of x's shape])
+    try:
+        with torch.no_grad():
+            measured = _time_and_memory(module, inputs, spec["repeats"], spec["warmup"])
+    except AttentionMemoryError as exc:  # the guard refused before allocating
+        return {**record, "status": "refused", "reason": str(exc)}
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        return {**record, "status": "out_of_memory", "reason": f"{type(exc).__name__}: {exc}".strip()}
+    except Exception as exc:  # noqa: BLE001 - any failure of one case is recorded, the run goes on
+        return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    finally:
+        del module, x, inputs
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+    memory = measured["memory_bytes"]
+    baseline = measured["baseline_bytes"]
+    return {
+        **record,
+        "status": "ok",
+        "time_ms": statistics.median(measured["times_ms"]),
+        "times_ms": measured["times_ms"],
+        "memory_mib": None if memory is None else memory / _MIB,
+        "memory_method": measured["memory_method"],
+        "baseline_mib": None if baseline is None else baseline / _MIB,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# One measurement in a fresh process (CPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of ``python -m srlib.bench _measure-one SPEC_JSON``: measure, print the record as one JSON line.
+
+    Args:
+        argv: ``[SPEC_JSON]``, the spec of :func:`measure_one` as a JSON string.
+
+    Returns:
+        0; 2 (with a usage line on stderr) when ``argv`` is not one argument.
+    """
+    if len(argv) != 1:
+        print(f"usage: python -m srlib.bench {WORKER_COMMAND} SPEC_JSON", file=sys.stderr)
+        return 2
+    record = measure_one(json.loads(argv[0]))
+    print(_RESULT_PREFIX + json.dumps(record), flush=True)
+    return 0
+
+
+def measure_in_subprocess(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+    """:func:`measure_one` in a fresh ``python -m srlib.bench _measure-one`` process; returns its record.
+
+    The process gets ``OMP_NUM_THREADS = MKL_NUM_THREADS = spec["threads"]`` and
+    this srlib first on ``PYTHONPATH``; it imports the case's external module
+    files itself (``spec["imports"]``).
+
+    Args:
+        spec: as for :func:`measure_one`, JSON-serialisable (``"inf"`` for an infinite limit).
+        timeout_s: seconds before the process is stopped (status ``"timeout"``); None: no limit.
+
+    Returns:
+        The worker's record; or one with status ``"timeout"``, ``"out_of_memory"``
+        (killed by signal 9, most likely the kernel's OOM killer) or ``"failed"``
+        (the exit status and the last lines of stderr in ``reason``).
+    """
+    record = _new_record(spec)
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.get("threads", 1))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPOSITORY_ROOT), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "srlib.bench", WORKER_COMMAND, json.dumps(spec)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {**record, "status": "timeout", "reason": f"no result within {timeout_s:g} s (raise --timeout)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_PREFIX):
+            return json.loads(line[len(_RESULT_PREFIX):])
+    if proc.returncode < 0:
+        signal_number = -proc.returncode
+        likely = " - most likely the kernel's out-of-memory killer" if signal_number == 9 else ""
+        return {**record, "status": "out_of_memory" if signal_number == 9 else "failed",
+                "reason": f"the measuring process was killed by signal {signal_number}{likely}"}
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
+    return {**record, "status": "failed", "reason": f"the measuring process exited with {proc.returncode}: {tail}"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)  # numpy integers become plain ints (JSON)
+
+
+def _check_sizes(name: str, sizes: Sequence[int]) -> list[int]:
+    sizes = list(sizes)
+    for s in sizes:
+        _positive_int(f"every value of {name}", s)
+    return sorted(set(sizes))
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from srlib.utils import pick_device
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = pick_device(str(device))
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"the attention benchmark measures on 'cpu' or 'cuda' (or 'auto'), got {str(device)!r}")
+    return resolved
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _environment(device: torch.device, threads: int) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "cpu_model": _cpu_model(),
+        "torch_threads": threads,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run_attention_benchmark(
+    cases: Sequence[str] | None = None,
+    sizes: Sequence[int] | None = None,
+    sweep_sizes: Sequence[int] | None = None,
+    *,
+    modules: Sequence[str] | None = None,
+    channels: int = 64,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    region_grid: tuple[int, int] | None = None,
+    max_attention_bytes: float | None = None,
+    probe_mib: float = 200.0,
+    seed: int = 0,
+    timeout_s: float | None = 1800.0,
+    quick: bool | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Forward time and peak memory of attention modules on ``(1, C, S, S)`` float32 maps.
+
+    Every case is measured at every size of ``sizes`` (the table) and
+    ``sweep_sizes`` (the scaling plot), each size once.  How time and memory
+    are measured is described in the docstring of :mod:`srlib.bench`: CUDA in
+    this process, CPU in a fresh process per (case, size).
+
+    Args:
+        cases: case names: the registered ones (:func:`srlib.bench.attention_cases`,
+            declared by each attention's ``bench=``) or calibration ones
+            (:data:`srlib.bench.CALIBRATION_CASES`).  None: every registered case.
+            ``[]`` with ``modules``: only the external modules.
+        sizes: map sides S of the table (default :data:`DEFAULT_SIZES`,
+            ``(100, 150)`` as in NLSN supplement Table 2).
+        sweep_sizes: map sides of the scaling plot (default
+            :data:`DEFAULT_SWEEP_SIZES`); ``[]`` for none.
+        modules: external module classes, ``"path/to/file.py:Class"`` or
+            ``"package.module:Class"``, each built as ``Class(channels)``,
+            called as ``forward(x)`` and named after its class; measured after
+            ``cases``.  Attentions their files register become cases too.
+        channels: C of the input map (64 as in NLSN Table 2).
+        repeats: timed forward passes per (case, size); the median is reported
+            (default 10, quick 1).
+        warmup: untimed passes before them (default 2, quick 1).
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        threads: ``torch.set_num_threads`` for the measurement (default: every
+            core this process may use); recorded in the result.
+        region_grid: ``(rows, cols)`` replacing the ``regions`` option of the
+            cases whose attention has one (None: as registered, 2 x 2).
+        max_attention_bytes: memory-guard limit passed to the guarded attentions
+            (None: their default, half the free memory; ``math.inf``: off).
+        probe_mib: MiB allocated by the ``"memory_probe"`` calibration case.
+        seed: seeds the module weights and the random input (and references).
+        timeout_s: CPU only: a measurement still running after this many
+            seconds is stopped (status ``"timeout"``; larger sizes of that case
+            are then skipped); None for no limit.
+        quick: tiny sizes (:data:`QUICK_SIZES`, :data:`QUICK_SWEEP_SIZES`), one
+            repeat, one warm-up - for tests; arguments given explicitly win.
+            None: on when the environment variable ``SRLIB_QUICK`` is set.
+        progress: show a ``tqdm`` bar over the cases.
+
+    Returns:
+        A JSON-ready dict: ``"benchmark"``, ``"settings"`` (the arguments used),
+        ``"environment"`` (device, CPU model, torch version, threads...),
+        ``"cases"`` (name -> description), ``"case_details"`` (name -> source,
+        kind, attention name, options, module spec), ``"measurements"`` (one
+        record per (case, size): ``case, size, positions = S*S, status, time_ms``
+        (median, ms), ``times_ms`` (every timed pass, ms), ``memory_mib`` (peak
+        added, MiB), ``memory_method``, ``baseline_mib``, ``reason``), and
+        ``"summary"`` (:func:`srlib.bench.report.summarise_attention_benchmark`).
+        ``status`` is ``"ok"``, ``"refused"`` (memory guard; ``reason`` is its
+        message), ``"failed"``, ``"timeout"``, ``"out_of_memory"`` or
+        ``"skipped"``; only ``"ok"`` records have a time.
+
+    Raises:
+        ValueError: an unknown case (the message lists the known ones); a module
+            spec that cannot be imported; sizes, repeats, warm-up, channels,
+            threads, grid or limits that are not positive (warm-up may be 0); no
+            sizes or no cases at all.
+        RuntimeError: ``device="cuda"`` where CUDA is not available.
+    """
+    from srlib.bench.report import summarise_attention_benchmark
+    from srlib.utils import quick_mode
+
+    quick = quick_mode() if quick is None else bool(quick)
+    chosen = resolve_cases(cases, modules)
+    table_sizes = _check_sizes("sizes", (QUICK_SIZES if quick else DEFAULT_SIZES) if sizes is None else sizes)
+    sweep = _check_sizes(
+        "sweep_sizes", (QUICK_SWEEP_SIZES if quick else DEFAULT_SWEEP_SIZES) if sweep_sizes is None else sweep_sizes
+    )
+    if not table_sizes and not sweep:
+        raise ValueError("no sizes to measure: give at least one size in sizes or sweep_sizes")
+    channels = _positive_int("channels", channels)
+    repeats = _positive_int("repeats", (QUICK_REPEATS if quick else DEFAULT_REPEATS) if repeats is None else repeats)
+    warmup = _positive_int("warmup", (QUICK_WARMUP if quick else DEFAULT_WARMUP) if warmup is None else warmup, 0)
+    threads = _positive_int("threads", _default_threads() if threads is None else threads)
+    seed = _positive_int("seed", seed, 0)
+    if region_grid is not None:
+        try:
+            rows, cols = region_grid
+            region_grid = (_positive_int("region_grid rows", rows), _positive_int("region_grid cols", cols))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"region_grid must be a pair (rows, cols) of positive integers or None, got {region_grid!r}"
+            ) from None
+    for name, value in (("max_attention_bytes", max_attention_bytes), ("timeout_s", timeout_s)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
+            raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+    if isinstance(probe_mib, bool) or not isinstance(probe_mib, numbers.Real) or not probe_mib >= 0:
+        raise ValueError(f"probe_mib must be a number >= 0, got {probe_mib!r}")
+    run_device = _resolve_device(device)
+
+    from tqdm.auto import tqdm
+
+    if max_attention_bytes is None:
+        limit: float | str | None = None
+    else:  # JSON has no infinity: an "inf" string tells the worker to turn the guard off
+        limit = "inf" if math.isinf(max_attention_bytes) else float(max_attention_bytes)
+    probe_mib = float(probe_mib)
+    grid = None if region_grid is None else list(region_grid)
+    settings = {
+        "cases": [c.name for c in chosen], "modules": [c.module for c in chosen if c.source == "module"],
+        "sizes": table_sizes, "sweep_sizes": sweep, "channels": channels, "batch": 1,
+        "dtype": "float32", "repeats": repeats, "warmup": warmup, "threads": threads, "region_grid": grid,
+        "max_attention_bytes": limit, "probe_mib": probe_mib, "seed": seed, "timeout_s": timeout_s, "quick": quick,
+        "isolation": "in-process" if run_device.type == "cuda" else "fresh process per (case, size)",
+    }
+    measured_sizes = sorted(set(table_sizes) | set(sweep))
+    records: list[dict[str, Any]] = []
+    previous_threads = torch.get_num_threads()
+    bar = tqdm(chosen, desc="attention bench", unit="case", disable=not progress)
+    try:
+        for case in bar:
+            stopped: str | None = None
+            for size in measured_sizes:
+                bar.set_postfix_str(f"{case.name} S={size}")
+                spec = {
+                    **case.to_spec(), "size": size, "channels": channels, "repeats": repeats, "warmup": warmup,
+                    "device": str(run_device), "threads": threads, "seed": seed, "region_grid": grid,
+                    "max_attention_bytes": limit, "probe_mib": probe_mib,
+                }
+                if stopped is not None:
+                    record = {**_new_record(spec), "status": "skipped", "reason": stopped}
+                elif run_device.type == "cuda":
+                    record = measure_one(spec)
+                else:
+                    record = measure_in_subprocess(spec, timeout_s)
+                if record["status"] in _STOPPING_STATUSES and stopped is None:
+                    stopped = f"not run: {record['status']} at the smaller size S={size}"
+                records.append(record)
+    finally:
+        bar.close()
+        torch.set_num_threads(previous_threads)
+    result = {
+        "benchmark": "attention",
+        "settings": settings,
+        "environment": _environment(run_device, threads),
+        "cases": {c.name: c.description for c in chosen},
+        "case_details": {c.name: c.details() for c in chosen},
+        "measurements": records,
+    }
+    result["summary"] = summarise_attention_benchmark(result)
+    return result
