@@ -20,11 +20,12 @@ other way).  :func:`save_checkpoint` checks this before writing and writes
 atomically, so an interrupted save never destroys the previous checkpoint.
 
 A model (or an attention inside it) registered by a plugin file
-(:mod:`srlib.plugins`) is rebuilt by importing that file again:
-:func:`model_from_checkpoint` loads the files listed under ``"plugins"`` before
-building the model.  Those files are Python code that runs when imported, so
-the weights-only guarantee above covers the checkpoint itself, not the plugin
-files it names: only load checkpoints, and keep plugin files, you trust.
+(:mod:`srlib.plugins`) needs that file loaded before the checkpoint is
+(``--plugin FILE.py``, ``SRLIB_PLUGINS`` or :func:`srlib.plugins.load_plugins`).
+The checkpoint records the files under ``"plugins"``, but loading a checkpoint
+never imports them on its own: they are Python code, and a checkpoint must stay
+a file that cannot run anything.  Without them, :func:`model_from_checkpoint`
+raises a :class:`CheckpointError` that names the files to load.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from torch import nn
 
 from srlib.models import build_model
 from srlib.models.registry import upgrade_checkpoint
-from srlib.plugins import PluginError, load_plugins
 from srlib.utils import atomic_write
 
 __all__ = [
@@ -260,16 +260,14 @@ def model_from_checkpoint(
         from the checkpoint.
 
     The plugin files the checkpoint records (``"plugins"``, written by ``srlib
-    train --plugin``) are loaded first (each once per process, see
-    :func:`srlib.plugins.load_plugins`).  A recorded file that no longer exists
-    is only an error when the model cannot be built without it, so a copy
-    loaded beforehand from another place (``--plugin``, ``SRLIB_PLUGINS``)
-    stands in for it.
+    train --plugin``) are never imported here (a checkpoint must not run
+    code): load them first (``--plugin``, ``SRLIB_PLUGINS``,
+    :func:`srlib.plugins.load_plugins`).
 
     Raises:
         CheckpointError: the file cannot be read (see :func:`load_checkpoint`);
-            a plugin file it records fails to import, or is missing while the
-            model needs it (the message names the file and what to do).
+            the model needs a plugin the checkpoint records and that is not
+            loaded (the message names the file and how to load it).
         CheckpointMismatchError: the checkpoint holds another model or scale
             than expected (the message says what it holds and what to do);
             its options cannot be built by this srlib version; or its weights
@@ -294,19 +292,20 @@ def model_from_checkpoint(
             f"train a x{expected_scale} model or pass --scale {scale}"
         )
     state = payload["model_state"]
-    missing_plugins = _load_recorded_plugins(payload, source)
+    plugins = _recorded_plugins(payload, source)
     try:
         # Checkpoints of an older layout (e.g. before the attention registry) are mapped onto
         # today's by the function the model registered (see srlib.models.register_model).
         options, state = upgrade_checkpoint(name, options, state)
         model = build_model(name, scale, **options)
     except (TypeError, ValueError) as err:
-        if missing_plugins:
-            listed = ", ".join(missing_plugins)
+        if plugins:
+            listed = ", ".join(plugins)
+            state_of = "missing: put it back or load a copy" if not all(Path(p).exists() for p in plugins) else "not loaded"
             raise CheckpointError(
-                f"{source} was trained with the plugin {listed}, which no longer exists, and {name} x{scale} "
-                f"cannot be built without it ({err}); put the file back, or load a copy first "
-                "(--plugin FILE.py, SRLIB_PLUGINS, or srlib.plugins.load_plugins)"
+                f"{source} was trained with the plugin {listed} ({state_of}), and {name} x{scale} cannot be "
+                f"built without it ({err}); load it first: --plugin FILE.py, SRLIB_PLUGINS=FILE.py or "
+                "srlib.plugins.load_plugins([FILE.py]) (a checkpoint never imports code on its own)"
             ) from err
         raise CheckpointMismatchError(f"{source} holds {name} x{scale} that this srlib cannot build: {err}") from err
     _load_state_strictly(model, state, source)
@@ -325,21 +324,6 @@ def _recorded_plugins(payload: Mapping[str, Any], source: str) -> list[str]:
     if isinstance(recorded, str) or not all(isinstance(p, str) for p in recorded):
         raise CheckpointError(f"{source} has a malformed 'plugins' entry {recorded!r}; expected a list of file paths")
     return list(recorded)
-
-
-def _load_recorded_plugins(payload: Mapping[str, Any], source: str) -> list[str]:
-    """Load the plugins a checkpoint records; returns those whose file is missing (and not loaded already)."""
-    missing = []
-    for path in _recorded_plugins(payload, source):
-        try:
-            load_plugins([path])
-        except PluginError as err:
-            if Path(path).expanduser().exists():
-                raise CheckpointError(
-                    f"{source} was trained with the plugin {path}, which cannot be loaded: {err}"
-                ) from err
-            missing.append(path)
-    return missing
 
 
 def _load_state_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

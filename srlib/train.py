@@ -253,13 +253,28 @@ class _OffsetSampler(torch.utils.data.Sampler):
         return self.length - self.start
 
 
+def _same_architecture(model: str, scale: int, saved_options: dict, options: dict) -> bool:
+    """True when two option sets of ``model`` build the same network (older layouts upgraded first)."""
+    from .models.registry import upgrade_checkpoint
+
+    try:
+        saved_options, _ = upgrade_checkpoint(model, saved_options, {})
+        return repr(build_model(model, scale, **saved_options)) == repr(build_model(model, scale, **options))
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_resume_compatible(saved: dict, config: TrainConfig, path: Path) -> None:
     for key in ("model", "model_options", "scale"):
-        if saved.get(key) != getattr(config, key):
-            raise TrainingError(
-                f"{path} was trained with {key}={saved.get(key)!r} but this run asks for "
-                f"{key}={getattr(config, key)!r}; resume with the same settings or choose another --out"
-            )
+        if saved.get(key) == getattr(config, key):
+            continue
+        if key == "model_options" and _same_architecture(config.model, config.scale, saved.get(key) or {},
+                                                         config.model_options):
+            continue  # the same network, its options spelled by an older srlib
+        raise TrainingError(
+            f"{path} was trained with {key}={saved.get(key)!r} but this run asks for "
+            f"{key}={getattr(config, key)!r}; resume with the same settings or choose another --out"
+        )
 
 
 def _empty_history() -> dict[str, list]:
@@ -353,7 +368,11 @@ def _resume(run: _Run) -> None:
     """Restore weights, optimiser, scheduler, step, history, time and RNG state from ``run.ckpt_path``."""
     payload = load_checkpoint(run.ckpt_path, map_location=run.device)
     _check_resume_compatible(payload.get("config", {}), run.config, run.ckpt_path)
-    run.model.load_state_dict(payload["model_state"])
+    from .models.registry import upgrade_checkpoint
+
+    # A run saved by an older srlib: its weights are mapped onto today's layer names first.
+    _, state = upgrade_checkpoint(payload["model_name"], payload["model_options"], payload["model_state"])
+    run.model.load_state_dict(state)
     run.optimizer.load_state_dict(payload["optimizer_state"])
     run.scheduler.load_state_dict(payload["scheduler_state"])
     run.step = int(payload["step"])

@@ -265,6 +265,7 @@ def guard_memory(
     max_attention_bytes: float | None,
     describe: str,
     advice: str,
+    holding: str = "",
 ) -> int:
     """Raise :class:`AttentionMemoryError` if ``needed`` bytes exceed the limit; else return ``needed``.
 
@@ -272,23 +273,24 @@ def guard_memory(
         needed: bytes the attention would hold at its peak (its own accounting).
         device: where they would be allocated.
         max_attention_bytes: see :func:`memory_limit`.
-        describe: what would be allocated, e.g. ``"explicit non-local attention on 1 feature
-            map(s) of 96x96 pixels ... for its (1, 9216, 9216) float32 scores and softmax weights"``.
+        describe: what would run, e.g. ``"explicit non-local attention on 1 feature map(s) of
+            96x96 pixels (9216 positions each)"``.
         advice: the ways out, one or more sentences (tiling with a size that fits, another path...).
+        holding: what the bytes are, e.g. ``" for its (1, 9216, 9216) float32 scores and softmax weights"``.
 
     Returns:
         ``needed``, when within the limit (or when there is no limit to apply).
 
     Raises:
         AttentionMemoryError: ``needed`` exceeds the limit; the message joins
-            ``describe``, the bytes, the limit and ``advice``.
+            ``describe``, the bytes, ``holding``, the limit and ``advice``.
     """
     limit = memory_limit(device, max_attention_bytes)
     if limit is None or needed <= limit[0]:
         return needed
     limit_bytes, source = limit
     raise AttentionMemoryError(
-        f"{describe} needs {format_bytes(needed)} ({needed} bytes), more than the limit of "
+        f"{describe} needs {format_bytes(needed)} ({needed} bytes){holding}, more than the limit of "
         f"{format_bytes(limit_bytes)} ({source}). {advice}",
         needed_bytes=needed,
         limit_bytes=limit_bytes,

@@ -398,11 +398,11 @@ def _guard_memory(
             fitting_tile = f"; at this limit one map of up to {side}x{side} pixels fits"
     guard_memory(
         needed, query.device, max_attention_bytes,
-        f"{what} on {n} feature map(s) of {height}x{width} pixels for its {shape} {dtype_name} scores "
-        "and softmax weights",
+        f"{what} on {n} feature map(s) of {height}x{width} pixels",
         "The scores grow with the fourth power of the image side: use tiled inference "
         f"(`srlib eval --tile T` with a small enough T{fitting_tile}), a smaller input or batch, or "
         "raise the limit with max_attention_bytes.",
+        holding=f" for its {shape} {dtype_name} scores and softmax weights",
     )
 
 

@@ -160,12 +160,12 @@ def check_attention_memory(
     tile_hint = f"`srlib eval --tile {side}` or smaller" if side >= 8 else "`srlib eval --tile` with small tiles"
     return guard_memory(
         needed, device, max_attention_bytes,
-        f"explicit non-local attention on {where} for its ({batch}, {query_length}, {key_length}) "
-        f"{dtype_name} scores and softmax weights",
+        f"explicit non-local attention on {where}",
         "Use implementation='fused' (no attention matrix is stored), region-based attention "
         "(RegionNonLocalAttention, attention inside each cell of a grid), or tiled inference "
         f"({tile_hint}: at this limit a map of up to {side}x{side} positions fits); "
         "or raise the limit with max_attention_bytes.",
+        holding=f" for its ({batch}, {query_length}, {key_length}) {dtype_name} scores and softmax weights",
     )
 
 

@@ -253,7 +253,7 @@ class SEMStage(nn.Module):
             in-scale branch (kind ``"in_scale"``) and its options.
         cross_scale_attention, cross_scale_options: the registered attention of
             the third branch (kind ``"cross_scale"``, or ``"in_scale"`` whose LR
-            output is upsampled by nearest neighbour), or ``None`` for no third branch.
+            output is upsampled by nearest neighbour), or ``"none"`` / ``None`` for no third branch.
 
     Layers (checkpoint keys): ``in_scale_attention``, ``in_scale_upsample``,
     ``cross_scale_attention`` (absent without a third branch),
@@ -283,7 +283,7 @@ class SEMStage(nn.Module):
             "in_scale", in_scale_attention, in_scale_options, n_feats, factor, IN_SCALE_BRANCH_KINDS
         )
         self.in_scale_upsample = upprojection(n_feats, factor)
-        if cross_scale_attention is None:  # two branches only: "L + IS-NL"
+        if cross_scale_attention in (None, "none"):  # two branches only: "L + IS-NL"
             self.cross_scale_attention: nn.Module | None = None
             self.cross_scale_upsample: nn.Module = nn.Identity()
         else:
