@@ -52,6 +52,8 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "export_checkpoint",
+    "load_weights_only",
+    "state_mismatch",
     "TRAINING_STATE_KEYS",
 ]
 
@@ -191,25 +193,12 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device | None = "c
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it{hint}")
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: check the path, or train a model first (srlib train)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = _unpickler_reason(err)
-        if "global" in reason.lower():
-            raise CheckpointError(
-                f"refused to load {path}: it holds Python objects other than tensors and plain data "
-                f"({reason}), and unpickling them could run arbitrary code. srlib checkpoints never need "
-                "this; re-save the weights with srlib.checkpoint.save_checkpoint from a trusted source"
-            ) from err
-        raise CheckpointError(
-            f"{path} is corrupt or was not written by torch.save ({reason}); re-save or re-download it"
-        ) from err
-    except Exception as err:  # torch.load raises RuntimeError, EOFError, KeyError... on damaged files
-        first_sentence = str(err).split(". ")[0][:200]
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({type(err).__name__}: {first_sentence}); "
-            "re-save or re-download it (an interrupted copy leaves a truncated file)"
-        ) from err
+    payload = load_weights_only(
+        path, map_location, CheckpointError,
+        refused_advice="srlib checkpoints never need this; re-save the weights with "
+        "srlib.checkpoint.save_checkpoint from a trusted source",
+        damaged_advice="re-save or re-download it (an interrupted copy leaves a truncated file)",
+    )
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(
             f"{path} is a PyTorch file but not an srlib checkpoint (no 'format' entry); "
@@ -224,6 +213,52 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device | None = "c
     if missing:
         raise CheckpointError(f"{path} is an incomplete srlib checkpoint: it lacks {', '.join(missing)}")
     return payload
+
+
+def load_weights_only(
+    path: Path,
+    map_location: str | torch.device | None,
+    error: type[Exception],
+    refused_advice: str,
+    damaged_advice: str,
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a file it cannot load is one ``error`` naming the file.
+
+    The one safe loader of srlib: checkpoints (:func:`load_checkpoint`) and the
+    authors' released weights (:func:`srlib.convert.read_official_state`).
+
+    Args:
+        path: an existing file.
+        map_location: where tensors are loaded, as for ``torch.load``.
+        error: the exception class raised, with the message as its argument.
+        refused_advice: what to do with a file that holds Python objects other
+            than tensors and plain data (the end of that message).
+        damaged_advice: what to do with a file that is not a PyTorch file, or
+            is corrupt or truncated (the end of that message).
+
+    Returns:
+        What the file holds (tensors, numbers, strings, lists, dicts).
+
+    Raises:
+        error: the file holds other Python objects (refused, never unpickled:
+            that could run arbitrary code), or ``torch.load`` fails on it.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "global" in reason.lower():
+            raise error(
+                f"refused to load {path}: it holds Python objects other than tensors and plain data "
+                f"({reason}), and unpickling them could run arbitrary code. {refused_advice}"
+            ) from err
+        raise error(f"{path} is not a PyTorch file or is corrupt ({reason}); {damaged_advice}") from err
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, KeyError... on damaged files
+        first_sentence = str(err).split(". ")[0][:200]
+        raise error(
+            f"{path} is not a PyTorch file or is truncated ({type(err).__name__}: {first_sentence}); "
+            f"{damaged_advice}"
+        ) from err
 
 
 def _unpickler_reason(err: Exception) -> str:
@@ -326,15 +361,32 @@ def _recorded_plugins(payload: Mapping[str, Any], source: str) -> list[str]:
     return list(recorded)
 
 
-def _load_state_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
+def state_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """What keeps ``state`` from loading strictly into a model whose ``state_dict()`` is ``expected``.
+
+    Args:
+        expected: the model's state dict (key -> tensor).
+        state: the weights to load (key -> tensor).
+
+    Returns:
+        ``(missing, unexpected, wrong_shape)``, sorted lists of keys: those of
+        ``expected`` that ``state`` lacks, those of ``state`` that ``expected``
+        lacks, and those of both whose shapes differ.  All three empty:
+        ``model.load_state_dict(state, strict=True)`` accepts ``state``.
+    """
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in set(state) & set(expected)
-        if tuple(state[key].shape) != tuple(expected[key].shape)
+        key for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
     )
+    return missing, unexpected, wrong_shape
+
+
+def _load_state_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing, unexpected, wrong_shape = state_mismatch(expected, state)
     if missing or unexpected or wrong_shape:
         parts = []
         if missing:
@@ -342,7 +394,8 @@ def _load_state_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], so
         if unexpected:
             parts.append(f"unexpected keys: {', '.join(unexpected)}")
         if wrong_shape:
-            parts.append(f"shape mismatches (checkpoint vs model): {', '.join(wrong_shape)}")
+            shapes = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}" for key in wrong_shape]
+            parts.append(f"shape mismatches (checkpoint vs model): {', '.join(shapes)}")
         raise CheckpointMismatchError(
             f"the weights in {source} do not fit {model.model_name} x{model.scale} with options "
             f"{model.options}: {'; '.join(parts)}"

@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -98,9 +97,10 @@ from torch import nn
 from srlib.attention.cross_scale import KEY_NORM_EPS
 from srlib.checkpoint import (
     CHECKPOINT_FORMAT,
-    _unpickler_reason,
     checkpoint_payload,
+    load_weights_only,
     save_checkpoint,
+    state_mismatch,
 )
 from srlib.models import build_model
 from srlib.models.blocks import DIV2K_RGB_MEAN
@@ -197,22 +197,12 @@ def read_official_state(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise OfficialWeightsError(f"no file at {path}: pass the released .pt file (e.g. model_x2.pt)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = _unpickler_reason(err)
-        if "global" in reason.lower():
-            raise OfficialWeightsError(
-                f"refused to load {path}: it holds Python objects other than tensors and plain data "
-                f"({reason}), e.g. a whole model saved with torch.save(model), and unpickling them could run "
-                "arbitrary code. Re-save only the weights: torch.save(model.state_dict(), path)"
-            ) from err
-        raise OfficialWeightsError(f"{path} is not a PyTorch file or is corrupt ({reason}); re-download it") from err
-    except Exception as err:  # RuntimeError, EOFError, ... on files that are not (whole) torch files
-        raise OfficialWeightsError(
-            f"{path} is not a PyTorch file or is truncated ({type(err).__name__}: {str(err)[:200]}); "
-            "re-download it"
-        ) from err
+    obj = load_weights_only(
+        path, "cpu", OfficialWeightsError,
+        refused_advice="A whole model saved with torch.save(model) is such a file; re-save only the weights: "
+        "torch.save(model.state_dict(), path)",
+        damaged_advice="re-download it",
+    )
     return _state_dict_from(obj, str(path))
 
 
@@ -410,9 +400,9 @@ def _convert(kind: str, state: Mapping[str, torch.Tensor], scale: int | None, na
             raise OfficialWeightsError(f"{label}: {mapped[ours]} and {key} both map to srlib's {ours}")
         else:
             mapped[ours] = key
-    unfilled = [key for key in target if key not in mapped]
-    wrong_shape = [f"{mapped[ours]} {tuple(state[mapped[ours]].shape)} vs {ours} {tuple(target[ours].shape)}"
-                   for ours in mapped if tuple(state[mapped[ours]].shape) != tuple(target[ours].shape)]
+    # The official tensors under srlib's names; every key is one of target's, so none is unexpected.
+    renamed = {ours: state[theirs] for ours, theirs in mapped.items()}
+    unfilled, _, wrong_shape = state_mismatch(target, renamed)
     not_float = [mapped[ours] for ours in mapped if not state[mapped[ours]].is_floating_point()]
     if unmapped or unfilled or wrong_shape or not_float:
         parts = []
@@ -422,7 +412,9 @@ def _convert(kind: str, state: Mapping[str, torch.Tensor], scale: int | None, na
             expected = [f"{_rename(ours, rules, to_srlib=False) or '?'} (for {ours})" for ours in unfilled]
             parts.append(f"missing official keys: {_listed(expected)}")
         if wrong_shape:
-            parts.append(f"shape mismatches (official vs srlib): {_listed(wrong_shape)}")
+            shapes = [f"{mapped[ours]} {tuple(renamed[ours].shape)} vs {ours} {tuple(target[ours].shape)}"
+                      for ours in wrong_shape]
+            parts.append(f"shape mismatches (official vs srlib): {_listed(shapes)}")
         if not_float:
             parts.append(f"non-float tensors: {_listed(not_float)}")
         raise OfficialWeightsError(

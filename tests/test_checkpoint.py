@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from srlib.attention.registry import ATTENTION, available_attention
+from srlib.attention.registry import available_attention
 from srlib.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -24,7 +24,6 @@ from srlib.checkpoint import (
     save_checkpoint,
 )
 from srlib.models import build_model
-from srlib.models.registry import MODELS
 from srlib.plugins import PluginError, load_plugins, plugin_module_name, plugins_from_environment
 
 UNPICKLED = []
@@ -258,30 +257,6 @@ GATE_PLUGIN = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture()
-def scratch_registries(monkeypatch):
-    """Registrations made by a test (through plugins) are forgotten after it, as in a new process."""
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
-    monkeypatch.setattr(ATTENTION, "_entries", dict(ATTENTION._entries))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("srlib_plugin_"):
-            del sys.modules[name]
-
-
-def _registry_snapshots():
-    return [(MODELS, dict(MODELS._entries)), (ATTENTION, dict(ATTENTION._entries))]
-
-
-def _forget_plugins(monkeypatch, registry_snapshots):
-    """Simulate a fresh process: drop the plugin modules and what they registered."""
-    for registry, entries in registry_snapshots:
-        monkeypatch.setattr(registry, "_entries", dict(entries))
-    for name in [n for n in sys.modules if n.startswith("srlib_plugin_")]:
-        del sys.modules[name]
-
-
 def test_load_plugins_imports_once_and_returns_absolute_paths(tmp_path, monkeypatch, scratch_registries):
     plugin = tmp_path / "gate.py"
     plugin.write_text(GATE_PLUGIN)
@@ -346,12 +321,11 @@ def _plugin_attention_checkpoint(tmp_path):
     return plugin, path, model.eval()
 
 
-def test_model_from_checkpoint_never_imports_the_recorded_plugins(tmp_path, monkeypatch, scratch_registries):
+def test_model_from_checkpoint_never_imports_the_recorded_plugins(tmp_path, scratch_registries):
     """A checkpoint records its plugin files but loading it runs no code: the error names what to load."""
-    snapshots = _registry_snapshots()  # before the plugin registers anything
     plugin, path, model = _plugin_attention_checkpoint(tmp_path)
     assert load_checkpoint(path)["plugins"] == [str(plugin.resolve())]
-    _forget_plugins(monkeypatch, snapshots)
+    scratch_registries()  # a new process: the plugin and what it registered are gone
     with pytest.raises(CheckpointError) as info:
         model_from_checkpoint(path)
     message = str(info.value)
@@ -367,13 +341,12 @@ def test_model_from_checkpoint_never_imports_the_recorded_plugins(tmp_path, monk
     assert load_checkpoint(tmp_path / "slim.pt")["plugins"] == [str(plugin.resolve())]
 
 
-def test_checkpoint_whose_plugin_file_is_gone_names_it(tmp_path, monkeypatch, scratch_registries):
-    snapshots = _registry_snapshots()  # before the plugin registers anything
+def test_checkpoint_whose_plugin_file_is_gone_names_it(tmp_path, scratch_registries):
     plugin, path, model = _plugin_attention_checkpoint(tmp_path)
     moved = tmp_path / "elsewhere" / "gate.py"
     moved.parent.mkdir()
     shutil.move(plugin, moved)
-    _forget_plugins(monkeypatch, snapshots)
+    scratch_registries()  # a new process: the plugin and what it registered are gone
     with pytest.raises(CheckpointError) as info:
         model_from_checkpoint(path)
     message = str(info.value)

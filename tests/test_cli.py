@@ -6,15 +6,12 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from srlib.attention.registry import ATTENTION
 from srlib.checkpoint import load_checkpoint
 from srlib.cli import main
 from srlib.data import DatasetNotFoundError, find_dataset
-from srlib.models.registry import MODELS
 
 # Published bicubic baselines (Y channel, shave = scale): e.g. DLSN Table 3, CSNLN Table 2.
 PUBLISHED = {
@@ -158,52 +155,15 @@ def test_models_command_reports_parameters_and_flops(capsys):
 
 # -- plugins ---------------------------------------------------------------------------------------
 
-CLI_PLUGIN = textwrap.dedent('''
-    from torch import nn
-    from srlib.models import check_lr_batch, register_model
-
-
-    class CliPluginNet(nn.Module):
-        def __init__(self, scale, width=4):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-        def forward(self, lr):
-            check_lr_batch(lr)
-            return self.body(lr)
-
-
-    @register_model("cli_plugin_net", presets={"smoke": {"model_options": {"width": 3}, "final_sets": ["Set5"],
-                                                         "val_tile": 40}})
-    def build_cli_plugin_net(scale, width=4):
-        return CliPluginNet(scale, width)
-''')
-
 
 @pytest.fixture()
-def fresh_process(monkeypatch):
-    """Returns a function that forgets the plugins loaded so far, as a new process would."""
-    monkeypatch.delenv("SRLIB_PLUGINS", raising=False)
-    snapshots = [(registry, dict(registry._entries)) for registry in (MODELS, ATTENTION)]
-    before = set(sys.modules)
-
-    def forget():
-        for registry, entries in snapshots:
-            monkeypatch.setattr(registry, "_entries", dict(entries))
-        for name in set(sys.modules) - before:
-            if name.startswith("srlib_plugin_"):
-                del sys.modules[name]
-
-    forget()
-    yield forget
-    forget()
+def fresh_process(scratch_registries):
+    """Returns a function that forgets the plugins loaded so far, as a new process would (see conftest.py)."""
+    return scratch_registries
 
 
-def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fresh_process):
-    plugin = tmp_path / "plugins" / "cli_plugin_net.py"
-    plugin.parent.mkdir()
-    plugin.write_text(CLI_PLUGIN)
+def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fresh_process, write_model_plugin):
+    plugin = write_model_plugin(tmp_path / "plugins" / "cli_plugin_net.py", "cli_plugin_net")
     run = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--model", "cli_plugin_net", "--plugin", str(plugin),
                  "--out", str(run), "--steps", "2", "--val-tile", "24", "--no-progress"]) == 0
@@ -213,14 +173,21 @@ def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fre
     assert payload["config"]["val_tile"] == 24  # --val-tile wins over the model's preset (40)
     assert set(json.loads((run / "metrics.json").read_text())["datasets"]) == {"Set5"}
 
-    # A new process: eval loads the plugin the checkpoint records.
+    # A new process: the checkpoint names its plugin, but loading it never imports code on its
+    # own: without --plugin one clear error names the file; with --plugin it evaluates.
     fresh_process()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
+                 "--max-images", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert str(plugin.resolve()) in err and "not loaded" in err and "--plugin" in err
     scores = tmp_path / "scores.json"
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
-                 "--max-images", "1", "--json", str(scores), "--no-progress"]) == 0
+                 "--max-images", "1", "--json", str(scores), "--no-progress", "--plugin", str(plugin)]) == 0
     assert json.loads(scores.read_text())["Set5"]["images"] == 1
 
-    # The plugin file moved: one clear error naming it; --plugin with its new place works.
+    # The plugin file moved: the error says it is missing; --plugin with its new place works.
     moved = tmp_path / "moved" / "cli_plugin_net.py"
     moved.parent.mkdir()
     shutil.move(plugin, moved)
@@ -229,8 +196,7 @@ def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fre
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
                  "--max-images", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1
-    assert str(plugin.resolve()) in err and "put the file back" in err and "--plugin" in err
+    assert str(plugin.resolve()) in err and "put it back" in err and "--plugin" in err
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--scale", "2", "--dataset", "Set5",
                  "--max-images", "1", "--no-progress", "--plugin", str(moved)]) == 0
 
@@ -245,9 +211,9 @@ def test_train_eval_upscale_a_model_registered_by_a_plugin(tmp_path, capsys, fre
     assert tuple(load_image(tmp_path / "out.png").shape) == (3, 18, 14)
 
 
-def test_srlib_plugins_environment_and_whole_image_validation(tmp_path, monkeypatch, fresh_process):
-    plugin = tmp_path / "cli_plugin_net.py"
-    plugin.write_text(CLI_PLUGIN)
+def test_srlib_plugins_environment_and_whole_image_validation(tmp_path, monkeypatch, fresh_process,
+                                                               write_model_plugin):
+    plugin = write_model_plugin(tmp_path / "cli_plugin_net.py", "cli_plugin_net")
     monkeypatch.setenv("SRLIB_PLUGINS", str(plugin))
     run = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--model", "cli_plugin_net", "--out", str(run), "--steps", "1",

@@ -79,9 +79,15 @@ class _Renamer:
             self.official[f"{name}.weight"] = torch.eye(3).view(3, 3, 1, 1)
             self.official[f"{name}.bias"] = sign * rgb_range * mean
 
-    def done(self) -> dict[str, torch.Tensor]:
+    def done(self, first_conv: str, last_conv: str, rgb_range: float) -> dict[str, torch.Tensor]:
+        """The official state dict; for ``rgb_range != 1``, of the network trained on [0, rgb_range] that
+        computes the same [0, 1] map (first conv weight / rgb_range, last conv * rgb_range)."""
         assert sorted(self.used) == sorted(self.source), "every srlib tensor must get exactly one official name"
-        return self.official
+        state = self.official
+        state[f"{first_conv}.weight"] = state[f"{first_conv}.weight"] / rgb_range
+        state[f"{last_conv}.weight"] = state[f"{last_conv}.weight"] * rgb_range
+        state[f"{last_conv}.bias"] = state[f"{last_conv}.bias"] * rgb_range
+        return state
 
 
 def official_csnln_state(model: nn.Module, rgb_range: float = 1) -> dict[str, torch.Tensor]:
@@ -141,11 +147,7 @@ def official_csnln_state(model: nn.Module, rgb_range: float = 1) -> dict[str, to
         conv_prelu("SEM.down_sample_2", "sem.to_lr")
     conv_prelu("SEM.post_conv", "sem.post_conv")
     n.conv("tail.0", "tail")
-    state = n.done()
-    state["head.0.0.weight"] = state["head.0.0.weight"] / rgb_range
-    state["tail.0.weight"] = state["tail.0.weight"] * rgb_range
-    state["tail.0.bias"] = state["tail.0.bias"] * rgb_range
-    return state
+    return n.done("head.0.0", "tail.0", rgb_range)
 
 
 def official_nlsn_state(model: nn.Module, rgb_range: float = 1) -> dict[str, torch.Tensor]:
@@ -181,11 +183,7 @@ def official_nlsn_state(model: nn.Module, rgb_range: float = 1) -> dict[str, tor
     if model.scale == 4:
         n.conv("tail.0.2", "upsampler.2")
     n.conv("tail.1", "tail")
-    state = n.done()
-    state["head.0.weight"] = state["head.0.weight"] / rgb_range
-    state["tail.1.weight"] = state["tail.1.weight"] * rgb_range
-    state["tail.1.bias"] = state["tail.1.bias"] * rgb_range
-    return state
+    return n.done("head.0", "tail.1", rgb_range)
 
 
 # --------------------------------------------------------------------------------------------

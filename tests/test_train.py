@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 import srlib.train as train_module
 from srlib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
-from srlib.models import check_lr_batch, register_model
-from srlib.models.registry import MODELS, model_presets
+from srlib.models import build_model, check_lr_batch, register_model
+from srlib.models.registry import model_presets
 from srlib.train import PRESETS, TrainConfig, TrainingError, preset_config, train
 
 # What every checkpoint written by train() holds, in this order (checkpoint_payload's keys first).
@@ -21,53 +18,6 @@ TRAIN_CHECKPOINT_KEYS = [
     "format", "model_name", "scale", "model_options", "model_state", "optimizer_state", "scheduler_state",
     "step", "train_seconds", "rng_state", "config", "history", "plugins",
 ]
-
-
-@pytest.fixture()
-def scratch_registry(monkeypatch):
-    """Models registered (directly or by plugins) inside a test are forgotten after it."""
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("srlib_plugin_"):
-            del sys.modules[name]
-
-
-class _TinyNet(nn.Module):
-    """conv 3x3 -> pixel shuffle: the smallest trainable SR model."""
-
-    def __init__(self, scale, width=4):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-    def forward(self, lr):
-        check_lr_batch(lr)
-        return self.body(lr)
-
-
-PLUGIN_MODEL = textwrap.dedent('''
-    from torch import nn
-    from srlib.models import check_lr_batch, register_model
-
-
-    class PluginNet(nn.Module):
-        def __init__(self, scale, width=4):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-
-        def forward(self, lr):
-            check_lr_batch(lr)
-            return self.body(lr)
-
-
-    @register_model("plugin_net", presets={"smoke": {"model_options": {"width": 3}, "final_sets": ["Set5"],
-                                                     "val_tile": 40}})
-    def build_plugin_net(scale, width=4):
-        return PluginNet(scale, width)
-''')
 
 
 def _config(**overrides):
@@ -222,13 +172,13 @@ def test_final_validation_on_a_reported_set_equals_an_independent_evaluation(tmp
     assert evaluate(model, ["Set5"], 2, progress=False)["Set5"]["psnr"] == pytest.approx(reported, abs=1e-9)
 
 
-def test_presets_come_from_the_model_registration(scratch_registry):
+def test_presets_come_from_the_model_registration(scratch_registries):
     @register_model("preset_toy", presets={
         "smoke": {"model_options": {"width": 5}, "lr_patch": 12, "val_tile": 20, "final_sets": ["Set5"]},
         "full": {"model_options": {"width": 64}},
     })
-    def build_preset_toy(scale, width=4):
-        return _TinyNet(scale, width)
+    def build_preset_toy(scale, width=4):  # never built here: only its presets are read
+        return build_model("edsr_baseline", scale, n_feats=width, n_blocks=1)
 
     smoke = preset_config("smoke", model="preset_toy")
     # The model's settings replace the shared smoke ones (lr_patch 24) ...
@@ -246,10 +196,9 @@ def test_presets_come_from_the_model_registration(scratch_registry):
     assert model_presets("preset_toy", "smoke")["model_options"] == {"width": 5}
 
 
-def test_a_plugin_model_trains_and_its_checkpoint_records_the_plugin(tmp_path, monkeypatch, scratch_registry):
-    plugin = tmp_path / "plugins" / "plugin_net.py"
-    plugin.parent.mkdir()
-    plugin.write_text(PLUGIN_MODEL)
+def test_a_plugin_model_trains_and_its_checkpoint_records_the_plugin(tmp_path, monkeypatch, scratch_registries,
+                                                                     write_model_plugin):
+    plugin = write_model_plugin(tmp_path / "plugins" / "plugin_net.py", "plugin_net")
     monkeypatch.chdir(plugin.parent)  # a relative path is recorded as the absolute one
     config = preset_config("smoke", model="plugin_net", plugins=["plugin_net.py"], steps=2, val_every=0,
                            checkpoint_every=0)

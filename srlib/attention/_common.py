@@ -9,10 +9,12 @@ not write again:
   before allocating them;
 * :func:`check_feature_map`, the one input check of a module's ``forward``
   (a ``(N, C, H, W)`` float map with the module's channels, dtype and device),
-  and :func:`check_same_dtype_and_device` for the functional cores;
+  and for the functional cores :func:`check_map` (the layout of a map input)
+  and :func:`check_query_key_value` (what query, key and value must share:
+  batch size, query/key channels, dtype and device);
 * validators for options (:func:`positive_int`, :func:`positive_real`,
-  :func:`choice`, :func:`optional_bytes`), so a bad option gives the same
-  message in every module;
+  :func:`choice`, :func:`optional_bytes`, :func:`channel_reduction`), so a bad
+  option gives the same message in every module;
 * :func:`embedding`, the one embedding layer: ``nn.Sequential(conv [, PReLU])``,
   so that checkpoints of a module have the same keys with or without the activation;
 * :func:`format_bytes` (binary units, as ``nvidia-smi`` and ``free -h`` use).
@@ -33,7 +35,10 @@ __all__ = [
     "MEMORY_FRACTION",
     "AttentionMemoryError",
     "available_memory_bytes",
+    "channel_reduction",
     "check_feature_map",
+    "check_map",
+    "check_query_key_value",
     "check_same_dtype_and_device",
     "choice",
     "embedding",
@@ -109,6 +114,23 @@ def choice(name: str, value, choices: tuple) -> str:
     return value
 
 
+def channel_reduction(channels, reduction) -> tuple[int, int]:
+    """Validated ``(channels, reduction)`` of a module whose query/key embeddings have ``channels // reduction`` channels.
+
+    Raises:
+        ValueError: ``channels`` or ``reduction`` is not an integer >= 1 (as
+            :func:`positive_int` says), or ``channels // reduction`` is 0.
+    """
+    channels = positive_int("channels", channels)
+    reduction = positive_int("reduction", reduction)
+    if channels // reduction < 1:
+        raise ValueError(
+            f"channels // reduction must be at least 1 (the query/key embedding's channels), got "
+            f"{channels} // {reduction} = 0; use reduction <= channels"
+        )
+    return channels, reduction
+
+
 def optional_bytes(max_attention_bytes) -> float | None:
     """Validate a ``max_attention_bytes`` option: None (the default limit) or a number > 0 (``math.inf``: off)."""
     if max_attention_bytes is None:
@@ -142,6 +164,59 @@ def check_same_dtype_and_device(query: torch.Tensor, key: torch.Tensor, value: t
             "query, key and value must share dtype and device, got "
             f"{query.dtype}/{query.device}, {key.dtype}/{key.device} and {value.dtype}/{value.device}"
         )
+
+
+def check_map(name: str, x) -> None:
+    """The layout check of a functional core's map input: ``x`` is a non-empty float ``(N, C, H, W)`` tensor.
+
+    Shared by the cores that take feature maps (cross-scale, sparse) and their
+    helpers; the cores that take ``(N, L, C)`` sequences check their own layout.
+
+    Args:
+        name: what to call the input in the message (``"query"``, ``"x"``...).
+        x: the input.
+
+    Raises:
+        ValueError: ``x`` is not a tensor, not 4-D, not floating point, or has
+            a dimension of size 0; the message names it and gives its shape or dtype.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a feature map shaped (N, C, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}; every dimension must be at least 1")
+
+
+def check_query_key_value(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, channel_dim: int) -> None:
+    """What the three inputs of every attention core must share, checked after the core's own layout checks.
+
+    One batch size ``N`` (dimension 0), one channel count for query and key
+    (they are compared by dot products), one dtype and one device.  The sizes
+    that depend on the layout (sequence lengths, map sizes) are the core's to check.
+
+    Args:
+        query, key, value: ``(N, L, C)`` sequences or ``(N, C, H, W)`` maps,
+            their layout already checked.
+        channel_dim: the channel dimension: ``2`` for sequences, ``1`` for maps.
+
+    Raises:
+        ValueError: the batch sizes differ, query and key have different
+            channel counts, or the dtypes or devices differ (see
+            :func:`check_same_dtype_and_device`); the message gives the values found.
+    """
+    if not (query.shape[0] == key.shape[0] == value.shape[0]):
+        raise ValueError(
+            f"query, key and value must have the same batch size N, got "
+            f"{query.shape[0]}, {key.shape[0]} and {value.shape[0]}"
+        )
+    if query.shape[channel_dim] != key.shape[channel_dim]:
+        raise ValueError(
+            f"query and key must have the same number of channels (they are compared by dot products), "
+            f"got {query.shape[channel_dim]} and {key.shape[channel_dim]}"
+        )
+    check_same_dtype_and_device(query, key, value)
 
 
 def check_feature_map(module: nn.Module, x, channels: int, name: str = "x") -> None:

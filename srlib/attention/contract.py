@@ -42,7 +42,15 @@ __all__ = ["CONTRACT_CHECKS", "AttentionContractError", "ContractSubject", "chec
 
 
 class AttentionContractError(AssertionError):
-    """One or more contract checks failed; the message lists each failure."""
+    """One or more contract checks failed; the message lists each failure.
+
+    Attributes:
+        failures: ``{check name: reason}`` for every failed check, in the order they ran.
+    """
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None):
+        super().__init__(message)
+        self.failures = dict(failures or {})
 
 
 @dataclass
@@ -353,7 +361,7 @@ def check_attention(
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; choose from {', '.join(CONTRACT_CHECKS)}")
     report: dict[str, str] = {}
-    failures: list[str] = []
+    failures: dict[str, str] = {}
     for check in names:
         if check == "loops" and subject.loops is None:
             report[check] = "skipped (no loop version)"
@@ -364,11 +372,12 @@ def check_attention(
         try:
             CONTRACT_CHECKS[check](subject)
         except AssertionError as err:
-            failures.append(f"{check}: {err}")
+            failures[check] = str(err)
             report[check] = "FAILED"
         else:
             report[check] = "ok"
     if failures:
-        raise AttentionContractError(f"{subject.name} breaks the attention contract:\n  " + "\n  ".join(failures))
+        listed = "\n  ".join(f"{check}: {reason}" for check, reason in failures.items())
+        raise AttentionContractError(f"{subject.name} breaks the attention contract:\n  {listed}", failures)
     return report
 

@@ -98,8 +98,10 @@ from torch import nn
 
 from srlib.attention._common import (
     AttentionMemoryError,
+    channel_reduction,
     check_feature_map,
-    check_same_dtype_and_device,
+    check_map,
+    check_query_key_value,
     choice,
     embedding,
     guard_memory,
@@ -161,30 +163,10 @@ def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
     return choice(name, value, choices)
 
 
-def _check_map(name: str, x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a feature map shaped (N, C, H, W), got {shape}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if min(x.shape) == 0:
-        raise ValueError(f"{name} is empty, shape {tuple(x.shape)}; every dimension must be at least 1")
-
-
 def _check_triplet(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
     for name, x in (("query", query), ("key", key), ("value", value)):
-        _check_map(name, x)
-    if not (query.shape[0] == key.shape[0] == value.shape[0]):
-        raise ValueError(
-            f"query, key and value must have the same batch size, got {query.shape[0]}, "
-            f"{key.shape[0]} and {value.shape[0]}"
-        )
-    if query.shape[1] != key.shape[1]:
-        raise ValueError(
-            f"query and key must have the same number of channels (they are compared by dot "
-            f"products), got {query.shape[1]} and {key.shape[1]}"
-        )
-    check_same_dtype_and_device(query, key, value)
+        check_map(name, x)
+    check_query_key_value(query, key, value, channel_dim=1)
 
 
 def _check_cross_scale_inputs(
@@ -235,7 +217,7 @@ def pad_to_multiple(x: torch.Tensor, scale: int, mode: str = "replicate") -> tor
         ValueError: ``x`` is not a non-empty ``(N, C, H, W)`` float map, a bad
             ``scale`` or ``mode``, or ``"reflect"`` on a map too small to mirror.
     """
-    _check_map("x", x)
+    check_map("x", x)
     scale = positive_int("scale", scale)
     _check_choice("pad_mode", mode, PAD_MODES)
     height, width = x.shape[-2:]
@@ -684,23 +666,29 @@ class CrossScaleDetails:
 
 
 class _CrossScaleEmbeddings(nn.Module):
-    """The three 1x1-conv embeddings and the options shared by the cross-scale modules."""
+    """The three 1x1-conv embeddings and the options shared by the cross-scale modules.
+
+    Its ``__init__`` is that of :class:`PixelCrossScaleAttention` and
+    :class:`NaiveCrossScaleAttention` (the registry reads their options from
+    this signature); :class:`CrossScaleAttention`, which documents the
+    options, adds ``patch_size`` and ``normalization``.
+
+    Raises:
+        ValueError: a bad option, or ``channels // reduction < 1``.
+    """
 
     def __init__(
         self,
         channels: int,
-        scale: int,
-        reduction: int,
-        softmax_scale: float,
-        activation: str,
-        pad_mode: str,
-        max_attention_bytes: float | None,
+        scale: int = 2,
+        reduction: int = 2,
+        softmax_scale: float = 10.0,
+        activation: str = "prelu",
+        pad_mode: str = "replicate",
+        max_attention_bytes: float | None = None,
     ):
         super().__init__()
-        channels = positive_int("channels", channels)
-        reduction = positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(f"channels // reduction must be >= 1, got {channels} // {reduction}")
+        channels, reduction = channel_reduction(channels, reduction)
         self.channels = channels
         self.scale = positive_int("scale", scale)
         self.reduction = reduction
@@ -835,18 +823,6 @@ class PixelCrossScaleAttention(_CrossScaleEmbeddings):
     Source: Mei et al., CVPR 2020, eq. 3 (= supplementary eq. 3).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        scale: int = 2,
-        reduction: int = 2,
-        softmax_scale: float = 10.0,
-        activation: str = "prelu",
-        pad_mode: str = "replicate",
-        max_attention_bytes: float | None = None,
-    ):
-        super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
-
     def forward(self, x: torch.Tensor, return_details: bool = False):
         query, key, value = self._embed_hr_values(x)  # (N, C', H, W), (N, C', h, w), (N, C, H, W)
         result = pixel_cross_scale_attention(
@@ -888,18 +864,6 @@ class NaiveCrossScaleAttention(_CrossScaleEmbeddings):
 
     Source: Mei et al., CVPR 2020, supplementary file, eq. 2 and Table 1.
     """
-
-    def __init__(
-        self,
-        channels: int,
-        scale: int = 2,
-        reduction: int = 2,
-        softmax_scale: float = 10.0,
-        activation: str = "prelu",
-        pad_mode: str = "replicate",
-        max_attention_bytes: float | None = None,
-    ):
-        super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
 
     def forward(self, x: torch.Tensor, return_details: bool = False):
         check_feature_map(self, x, self.channels)

@@ -375,6 +375,23 @@ def cross_scale_similarity_loops(query_patch: torch.Tensor, key_patch: torch.Ten
     return softmax_scale * float((query_patch * key_patch).sum()) / max(key_norm, CROSS_SCALE_KEY_NORM_EPS)
 
 
+def _pixel_weights_loops(
+    query_pixel: torch.Tensor, key_map: torch.Tensor, softmax_scale: float
+) -> list[tuple[int, int, float]]:
+    """``softmax_{g,h}(phi(X_ij, Y_gh))``: the weights one query pixel gives every pixel of the key map.
+
+    ``query_pixel`` is ``X_ij`` ``(C',)``, ``key_map`` is ``Y`` ``(C', h, w)``;
+    returns ``[(g, h, a_gh), ...]`` over the keys in row-major order.  The
+    weights of supplement eq. 2 and of eq. 3 (``phi`` of
+    :func:`cross_scale_similarity_loops`).
+    """
+    h, w = key_map.shape[-2:]
+    keys = [(g, k) for g in range(h) for k in range(w)]
+    logits = [cross_scale_similarity_loops(query_pixel, key_map[:, g, k], softmax_scale)
+              for g, k in keys]  # phi(X_ij, Y_gk)
+    return [(g, k, a) for (g, k), a in zip(keys, softmax_loops(logits))]
+
+
 def naive_cross_scale_eq2_loops(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, softmax_scale: float = 10.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,13 +417,10 @@ def naive_cross_scale_eq2_loops(
     h, w = key.shape[-2:]
     out = torch.zeros(n_images, value.shape[1], height, width, dtype=DTYPE)  # (N, C, H, W)
     attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)  # (N, h*w, H, W)
-    keys = [(g, k) for g in range(h) for k in range(w)]
     for n in range(n_images):
         for i in range(height):
             for j in range(width):
-                logits = [cross_scale_similarity_loops(query[n, :, i, j], key[n, :, g, k], softmax_scale)
-                          for g, k in keys]  # phi(X_ij, Y_gk)
-                for (g, k), a in zip(keys, softmax_loops(logits)):
+                for g, k, a in _pixel_weights_loops(query[n, :, i, j], key[n], softmax_scale):
                     out[n, :, i, j] += a * value[n, :, g, k]  # (C,), psi(Y_gk)
                     attention[n, g * w + k, i, j] = a
     return out, attention
@@ -454,13 +468,10 @@ def pixel_cross_scale_eq3_loops(
     h, w = key.shape[-2:]
     out = torch.zeros(n_images, value.shape[1], s * height, s * width, dtype=DTYPE)  # (N, C, sH, sW)
     attention = torch.zeros(n_images, h * w, height, width, dtype=DTYPE)  # (N, h*w, H, W)
-    keys = [(g, k) for g in range(h) for k in range(w)]
     for n in range(n_images):
         for i in range(height):
             for j in range(width):
-                logits = [cross_scale_similarity_loops(query[n, :, i, j], key[n, :, g, k], softmax_scale)
-                          for g, k in keys]  # phi(X_ij, Y_gk)
-                for (g, k), a in zip(keys, softmax_loops(logits)):
+                for g, k, a in _pixel_weights_loops(query[n, :, i, j], key[n], softmax_scale):
                     block = value[n, :, s * g : s * g + s, s * k : s * k + s]  # (C, s, s), X^{sxs}_{sg,sk}
                     out[n, :, s * i : s * i + s, s * j : s * j + s] += a * block  # Z^{sxs}_{si,sj}
                     attention[n, g * w + k, i, j] = a

@@ -61,8 +61,9 @@ from srlib.attention._common import (
     MEMORY_FRACTION,
     AttentionMemoryError,
     available_memory_bytes,
+    channel_reduction,
     check_feature_map,
-    check_same_dtype_and_device,
+    check_query_key_value,
     embedding,
     guard_memory,
     memory_limit,
@@ -183,22 +184,12 @@ def _check_sequences(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if not (query.shape[0] == key.shape[0] == value.shape[0]):
-        raise ValueError(
-            f"query, key and value must have the same batch size N, got "
-            f"{query.shape[0]}, {key.shape[0]} and {value.shape[0]}"
-        )
-    if query.shape[2] != key.shape[2]:
-        raise ValueError(
-            f"query and key must have the same number of channels (they are multiplied), got "
-            f"{query.shape[2]} and {key.shape[2]}"
-        )
+    check_query_key_value(query, key, value, channel_dim=2)
     if key.shape[1] != value.shape[1]:
         raise ValueError(
             f"key and value must have the same length L (one value per key position), got "
             f"{key.shape[1]} and {value.shape[1]}"
         )
-    check_same_dtype_and_device(query, key, value)
 
 
 def _fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -484,23 +475,26 @@ class RegionAttentionDetails:
 
 
 class _EmbeddedAttention(nn.Module):
-    """Shared part of the dense modules: the query / key / value embeddings and the input check."""
+    """Shared part of the dense modules: the query / key / value embeddings and the input check.
+
+    Its ``__init__`` is that of :class:`NonLocalAttention` (the registry reads
+    the options from this signature, where they are documented);
+    :class:`RegionNonLocalAttention` adds ``regions``.
+
+    Raises:
+        ValueError: a bad option, or ``channels // reduction < 1``.
+    """
 
     def __init__(
         self,
         channels: int,
-        reduction: int,
-        activation: str,
-        implementation: str,
-        max_attention_bytes: float | None,
+        reduction: int = 2,
+        activation: str = "prelu",
+        implementation: str = "explicit",
+        max_attention_bytes: float | None = None,
     ):
         super().__init__()
-        channels = positive_int("channels", channels)
-        reduction = positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(
-                f"channels // reduction must be at least 1 (the query/key channels), got {channels} // {reduction}"
-            )
+        channels, reduction = channel_reduction(channels, reduction)
         _check_implementation(implementation)
         self.channels = channels
         self.reduction = reduction
@@ -582,16 +576,6 @@ class NonLocalAttention(_EmbeddedAttention):
     Source: CSNLN (Mei et al., CVPR 2020) Sec. 3, eq. 1-2; embedding sizes and
     PReLU from the official code (SHI-Labs/Cross-Scale-Non-Local-Attention).
     """
-
-    def __init__(
-        self,
-        channels: int,
-        reduction: int = 2,
-        activation: str = "prelu",
-        implementation: str = "explicit",
-        max_attention_bytes: float | None = None,
-    ):
-        super().__init__(channels, reduction, activation, implementation, max_attention_bytes)
 
     def forward(self, x: torch.Tensor, return_details: bool = False):
         query, key, value = self.embed(x)  # (N, C_e, H, W), (N, C_e, H, W), (N, C, H, W)

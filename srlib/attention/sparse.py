@@ -84,8 +84,10 @@ from srlib.attention.lsh import (
     unsort_positions,
 )
 from srlib.attention._common import (
+    channel_reduction,
     check_feature_map,
-    check_same_dtype_and_device,
+    check_map,
+    check_query_key_value,
     embedding,
     normalize_activation,
     positive_int,
@@ -138,18 +140,8 @@ class SparseAttentionDetails:
 
 def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a feature map shaped (N, C, H, W), got {shape}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if min(t.shape) == 0:
-            raise ValueError(f"{name} is empty, shape {tuple(t.shape)}; every dimension must be at least 1")
-    if query.shape[1] != key.shape[1]:
-        raise ValueError(
-            f"query and key must have the same number of channels (they are compared by dot products), "
-            f"got {query.shape[1]} and {key.shape[1]}"
-        )
+        check_map(name, t)
+    check_query_key_value(query, key, value, channel_dim=1)
     n, _, h, w = query.shape
     for name, t in (("key", key), ("value", value)):
         if t.shape[0] != n or tuple(t.shape[2:]) != (h, w):
@@ -157,7 +149,6 @@ def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
                 f"{name} must share the query's batch size and size (N, H, W) = {(n, h, w)}, "
                 f"got {(t.shape[0], *t.shape[2:])}"
             )
-    check_same_dtype_and_device(query, key, value)
 
 
 def _attend_round(
@@ -454,13 +445,7 @@ class NonLocalSparseAttention(nn.Module):
         activation: str = "none",
     ):
         super().__init__()
-        channels = positive_int("channels", channels)
-        reduction = positive_int("reduction", reduction)
-        if channels // reduction < 1:
-            raise ValueError(
-                f"channels // reduction must be at least 1 (the query/key embedding's channels), got "
-                f"{channels} // {reduction} = 0; use reduction <= channels"
-            )
+        channels, reduction = channel_reduction(channels, reduction)
         self.channels = channels
         self.reduction = reduction
         self.embed_channels = channels // reduction

@@ -81,8 +81,6 @@ Official size (128 channels, 12 recurrences, x2): 3,061,265 parameters, i.e. the
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
@@ -90,7 +88,7 @@ from srlib.attention import build_attention
 from srlib.attention import attention_options as registered_options
 from srlib.attention._common import positive_int
 from srlib.models.blocks import DIV2K_RGB_MEAN, MeanShift, conv3x3
-from srlib.models.registry import check_lr_batch, check_scale, register_model
+from srlib.models.registry import check_lr_batch, check_scale, register_model, rename_state_keys
 
 __all__ = [
     "CSNLN",
@@ -431,14 +429,10 @@ def upgrade_csnln_checkpoint(options: dict, state) -> tuple[dict, dict]:
             "naive": {"reduction": reduction, "softmax_scale": softmax_scale},
             "none": {},
         }[cross_scale]
-    pattern = re.compile(r"^(.*\.(?:in_scale_attention|cross_scale_attention))\.(theta|delta|psi)\.(.+)$")
-    upgraded = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        if match:
-            key = f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}"
-        upgraded[key] = value
-    return options, upgraded
+    return options, rename_state_keys(
+        state, r"^(.*\.(?:in_scale_attention|cross_scale_attention))\.(theta|delta|psi)\.(.+)$",
+        lambda match: f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}",
+    )
 
 
 @register_model(  # the class is its own builder: its __init__ options are the registry options

@@ -100,7 +100,6 @@ the five NLSAs.  Build it with ``build_model("nlsn", 4, **NLSN_OFFICIAL_OPTIONS)
 from __future__ import annotations
 
 import numbers
-import re
 
 import torch
 from torch import nn
@@ -116,7 +115,7 @@ from srlib.models.blocks import (
     Upsampler,
     conv3x3,
 )
-from srlib.models.registry import check_lr_batch, check_scale, register_model
+from srlib.models.registry import check_lr_batch, check_scale, register_model, rename_state_keys
 
 __all__ = [
     "NLSN",
@@ -211,14 +210,10 @@ def upgrade_nlsn_checkpoint(options: dict, state) -> tuple[dict, dict]:
     options["attention_options"] = {
         key: options.pop(key) for key in _LEGACY_ATTENTION_OPTIONS if key in options
     }
-    pattern = re.compile(r"^(body\.\d+)\.(match_embedding|assembly_embedding)\.(weight|bias)$")
-    upgraded = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        if match:
-            key = f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}"
-        upgraded[key] = value
-    return options, upgraded
+    return options, rename_state_keys(
+        state, r"^(body\.\d+)\.(match_embedding|assembly_embedding)\.(weight|bias)$",
+        lambda match: f"{match.group(1)}.{_LEGACY_LAYERS[match.group(2)]}.{match.group(3)}",
+    )
 
 
 @register_model(  # the class is its own builder: its __init__ options are the registry options

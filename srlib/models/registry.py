@@ -25,12 +25,14 @@ A registration may also carry the model's training presets (``presets={"quick":
 {...}, "smoke": {...}}``, read by :func:`srlib.train.preset_config`, so that the
 trainer names no model) and an ``upgrade`` function that maps the options and
 weights of checkpoints written by older srlib versions onto today's layout
-(:func:`upgrade_checkpoint`).
+(:func:`upgrade_checkpoint`; :func:`rename_state_keys` is the renaming of weights
+that such a function does).
 """
 
 from __future__ import annotations
 
 import numbers
+import re
 from typing import Any, Callable, Collection, Mapping
 
 import torch
@@ -45,6 +47,7 @@ __all__ = [
     "model_options",
     "model_presets",
     "upgrade_checkpoint",
+    "rename_state_keys",
     "check_scale",
     "check_lr_batch",
 ]
@@ -125,6 +128,32 @@ def upgrade_checkpoint(name: str, options: dict, state: Mapping[str, torch.Tenso
     if upgrade is None:
         return dict(options), dict(state)
     return upgrade(dict(options), state)
+
+
+def rename_state_keys(
+    state: Mapping[str, torch.Tensor], pattern: str | re.Pattern, replace: Callable[[re.Match], str]
+) -> dict[str, torch.Tensor]:
+    r"""A copy of ``state`` whose keys matching ``pattern`` are renamed to ``replace(match)``.
+
+    The weight renaming of the ``upgrade`` functions of :func:`register_model`, e.g.
+    ``rename_state_keys(state, r"^(body\.\d+)\.old\.(weight|bias)$", lambda m: f"{m[1]}.new.{m[2]}")``.
+
+    Args:
+        state: a state dict (key -> tensor).
+        pattern: a regular expression tried at the start of every key (``re.match``;
+            end it with ``$`` to match whole keys).
+        replace: the new key of a matching key, from its match.
+
+    Returns:
+        A new dict in the order of ``state``: the matching keys renamed, the others
+        kept; the tensors are shared, not copied.
+    """
+    pattern = re.compile(pattern)
+    renamed = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        renamed[replace(match) if match else key] = value
+    return renamed
 
 
 def check_scale(model_name: str, scale: int, supported: Collection[int]) -> None:
