@@ -178,12 +178,67 @@ def test_one_file_promise(tmp_path):
     rows = [r for r in result["measurements"] if "TopTwoAttention" in r["case"]]
     assert rows and all(r["status"] == "ok" for r in rows), rows
 
+    # A tiny "Set5" (one 40x40 crop) under --data-root shadows the real one, so the run's report is quick.
+    from srlib.data.io import load_image, save_image
+    from srlib.data.locate import repository_data_dir
+
+    butterfly = load_image(repository_data_dir() / "benchmark" / "Set5" / "butterfly.png")  # (3, 256, 256) uint8
+    save_image(butterfly[:, 100:140, 100:140], tmp_path / "data" / "benchmark" / "Set5" / "butterfly.png")
     run = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "srlib", "train", "--preset", "smoke", "--model", "nlsn", "--steps", "2",
-         "--option", "attention=toy", "--plugin", str(plugin), "--val-tile", "24", "--out", str(run), "--no-progress"],
+        [sys.executable, "-W", "ignore", "-m", "srlib", "train", "--preset", "smoke", "--model", "nlsn", "--steps", "2",
+         "--option", "attention=toy", "--plugin", str(plugin), "--data-root", str(tmp_path / "data"),
+         "--out", str(run), "--no-progress"],
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert (run / "checkpoint.pt").exists()
     assert Path(run / "metrics.json").exists()
+
+
+class ToyReferenceAttention(torch.nn.Module):
+    """Dense attention from the input's positions to every position of every reference (a test toy)."""
+
+    def __init__(self, channels, reduction=2):
+        super().__init__()
+        from srlib.attention._common import embedding
+
+        self.channels = channels
+        self.query_embed = embedding(channels, channels // reduction)
+        self.key_embed = embedding(channels, channels // reduction)
+        self.value_embed = embedding(channels, channels)
+
+    def forward(self, x, references, return_details=False):
+        from srlib.attention import AttentionDetails, check_feature_map
+
+        check_feature_map(self, x, self.channels)
+        for reference in references:
+            check_feature_map(self, reference, self.channels, name="reference")
+        n, c, h, w = x.shape
+        q = self.query_embed(x).flatten(2).transpose(1, 2)  # (N, L, C_e)
+        k = torch.cat([self.key_embed(r).flatten(2) for r in references], dim=2)  # (N, C_e, sum L_k)
+        v = torch.cat([self.value_embed(r).flatten(2) for r in references], dim=2)  # (N, C, sum L_k)
+        weights = (q @ k).softmax(dim=-1)  # (N, L, sum L_k)
+        out = (weights @ v.transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        return (out, AttentionDetails(weights=weights, map_size=(h, w))) if return_details else out
+
+
+def toy_reference_loops(module, x, references):
+    """The toy's softmax over all reference positions, one query at a time."""
+    n, c, h, w = x.shape
+    q = module.query_embed(x).flatten(2)  # (N, C_e, L)
+    keys = torch.cat([module.key_embed(r).flatten(2) for r in references], dim=2)  # (N, C_e, K)
+    values = torch.cat([module.value_embed(r).flatten(2) for r in references], dim=2)  # (N, C, K)
+    out = torch.zeros(n, c, h * w, dtype=x.dtype)
+    for b in range(n):
+        for i in range(h * w):
+            scores = torch.stack([q[b, :, i] @ keys[b, :, j] for j in range(keys.shape[2])])
+            weights = torch.exp(scores - scores.max())
+            out[b, :, i] = (weights / weights.sum() * values[b]).sum(dim=1)
+    return out.reshape(n, c, h, w)
+
+
+def test_the_reference_kind_contract_runs_on_a_toy():
+    """The "reference" kind's signature forward(x, references) is checked like the others."""
+    report = check_attention(ToyReferenceAttention, kind="reference", loops=toy_reference_loops)
+    assert report["loops"] == "ok" and report["batch"] == "ok" and report["bad_input"] == "ok"
