@@ -1,20 +1,10 @@
 """Attention modules for super-resolution networks, each a registered plug-in.
 
 The registry (:mod:`srlib.attention.registry`) names every mechanism; build one
-with :func:`build_attention`, list them with :func:`available_attention`, check
-a new one with :func:`check_attention`.  Registered here:
-
-==================== ============= =============================================== ==============================
-name                 kind          module                                          source
-==================== ============= =============================================== ==============================
-``non_local``        in_scale      :class:`NonLocalAttention`                      CSNLN eq. 1-2
-``region_non_local`` in_scale      :class:`RegionNonLocalAttention`                CSNLN Sec. 4.2 (after SAN)
-``cross_scale_naive`` in_scale     :class:`NaiveCrossScaleAttention`               CSNLN supplement eq. 2
-``cross_scale_pixel`` cross_scale  :class:`PixelCrossScaleAttention`               CSNLN eq. 3
-``cross_scale``      cross_scale   :class:`CrossScaleAttention`                    CSNLN eq. 4
-``nlsa``             in_scale      :class:`NonLocalSparseAttention`                NLSN (spherical LSH)
-``nlsa_dense``       in_scale      :class:`DenseMatchAttention`                    NLSN supplement Table 1
-==================== ============= =============================================== ==============================
+with :func:`build_attention`, list them with :func:`available_attention` (each
+with its kind, loop version and benchmark cases: :func:`attention_entry`), check
+a new one with :func:`check_attention`.  Each mechanism registers itself in its
+own file, so this docstring keeps no table of them.
 
 Modules:
 
