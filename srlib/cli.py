@@ -12,6 +12,8 @@ Sub-commands::
     srlib export   CHECKPOINT -o SLIM.pt [--half]
     srlib convert  official-csnln|official-nlsn FILE -o OUT.pt [--scale S]
     srlib bench    attention [--quick] [--case NAME ...] [--module FILE.py:Class ...] [--sizes S ...] [--sweep S ...] [--out DIR]
+    srlib assignments release [NOTEBOOK ...] --out DIR
+    srlib assignments grade   SUBMISSION.ipynb [--source NOTEBOOK] [--json FILE]
 
 Every error that comes from bad input (a missing dataset, a checkpoint of
 another model or scale, a corrupt image) is printed as one line starting with
@@ -144,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_attention_arguments(benchmarks.add_parser(
         "attention", help="time (ms) and peak memory (MiB) of every registered attention (and --module classes); "
                           "writes attention_bench.json and attention_bench.png"))
+
+    p = sub.add_parser("assignments", help="classroom assignments: student versions of the notebooks, grading "
+                                           "(docs/teaching.md)")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    q = tasks.add_parser("release", help="write student versions: solutions blanked, hidden tests removed, "
+                                         "revealing outputs cleared")
+    q.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="solution notebooks (default: all of notebooks/)")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
+    q = tasks.add_parser("grade", help="run a submission in quick mode with the hidden tests put back; "
+                                       "print and write its grade")
+    q.add_argument("submission", metavar="SUBMISSION.ipynb")
+    q.add_argument("--source", metavar="NOTEBOOK", help="the solution notebook (default: the course notebook "
+                                                         "of the same name)")
+    q.add_argument("--json", metavar="FILE", help="write {score, max_score, exercises: [...]} as JSON")
+    q.add_argument("--timeout", type=int, default=600, metavar="S", help="seconds a cell may run (default 600)")
     return parser
 
 
@@ -423,20 +440,43 @@ def _cmd_bench(args) -> int:
     return attention_command(args)
 
 
+def _cmd_assignments(args) -> int:
+    from .assignments.release import course_notebooks, release
+
+    if args.task == "release":
+        notebooks = args.notebooks or course_notebooks()
+        written = release(notebooks, args.out)
+        count = sum(1 for path in written if path.suffix == ".ipynb")
+        print(f"wrote {count} student notebook(s) to {args.out}: "
+              + ", ".join(path.name for path in written if path.suffix == ".ipynb"))
+        return 0
+    from .assignments.grade import format_report, grade_notebook
+
+    report = grade_notebook(args.submission, source=args.source, timeout=args.timeout)
+    print(format_report(report))
+    if args.json:
+        from .utils import atomic_write
+
+        with atomic_write(args.json, "w") as handle:
+            handle.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``srlib`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"data": _cmd_data, "eval": _cmd_eval, "train": _cmd_train, "upscale": _cmd_upscale,
                 "models": _cmd_models, "export": _cmd_export, "bench": _cmd_bench,
-                "convert": _cmd_convert}
+                "convert": _cmd_convert, "assignments": _cmd_assignments}
     from .checkpoint import CheckpointError
     from .data import DatasetNotFoundError, ImageReadError
     from .train import TrainingError
 
     try:
         return handlers[args.command](args)
-    except (DatasetNotFoundError, ImageReadError, CheckpointError, TrainingError, ValueError, RuntimeError) as exc:
+    except (DatasetNotFoundError, ImageReadError, CheckpointError, TrainingError, ValueError, RuntimeError,
+            FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
