@@ -36,6 +36,12 @@ class RunRecordError(ValueError):
     """A run folder that is not finished, or a record file that is not a run record."""
 
 
+def _repository_relative(path: str) -> str:
+    repository = Path(__file__).resolve().parent.parent
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(repository)) if resolved.is_relative_to(repository) else path
+
+
 def write_run_record(run_dir: str | os.PathLike, path: str | os.PathLike, command: str) -> dict:
     """Write the record of the finished run in ``run_dir`` to ``path`` (JSON) and return it.
 
@@ -43,6 +49,8 @@ def write_run_record(run_dir: str | os.PathLike, path: str | os.PathLike, comman
         run_dir: folder written by ``srlib train --out``, holding ``checkpoint.pt`` and ``metrics.json``.
         path: the JSON file to write (its folder is created).
         command: the command that trained the run, recorded verbatim.
+
+    Plug-in files inside the repository are recorded relative to it (``notebooks/topk_attention.py``).
 
     Raises:
         RunRecordError: ``run_dir`` lacks ``checkpoint.pt`` or ``metrics.json`` (the run did not finish).
@@ -55,10 +63,13 @@ def write_run_record(run_dir: str | os.PathLike, path: str | os.PathLike, comman
         raise RunRecordError(f"{run_dir} has no {' or '.join(missing)}: finish the run "
                              f"(`srlib train ... --out {run_dir} --resume`) before recording it")
     saved = load_checkpoint(run_dir / "checkpoint.pt")
+    config = dict(saved["config"])
+    if config.get("plugins"):  # paths inside the repository are recorded relative to it, not to this machine
+        config["plugins"] = [_repository_relative(p) for p in config["plugins"]]
     record = {
         "format": RUN_RECORD_FORMAT,
         "command": command,
-        "config": saved["config"],
+        "config": config,
         "step": int(saved["step"]),
         "train_seconds": round(float(saved.get("train_seconds", 0.0)), 1),
         "history": saved["history"],
