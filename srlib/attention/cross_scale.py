@@ -57,7 +57,10 @@ Where the official code and the paper differ, and what this module does:
   densely overlapped".  The code sums the overlapping ``(3s) x (3s)`` patches
   with ``conv_transpose2d(stride=s, padding=s)`` and divides by a constant 6;
   the true number of patches covering an output pixel is 9 inside the map,
-  6 along the borders and 4 in the corners (the authors call the 6 arbitrary).
+  6 along the borders and 4 in the corners. In issue #3 of the official
+  repository the maintainer first calls the constant a normaliser that other
+  values (4, 6, 9) would also serve, then agrees that the exact average of the
+  overlapping maps would divide by 9.
   ``normalization="overlap"`` (default here) divides every pixel by its true
   count (:func:`overlap_count`), so the output is a mean of convex combinations
   of value patches.  ``normalization="constant6"`` divides by 6 as the released
