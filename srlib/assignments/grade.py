@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .markup import MarkupError, cell_source, graded_cells
+from .markup import cell_source, graded_cells
 from .release import course_notebooks, read_notebook
 
 __all__ = ["GradingError", "ExerciseResult", "GradeReport", "grade_notebook", "default_source", "format_report"]
