@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "train_config_from_args"]
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
@@ -300,8 +300,17 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from .train import preset_config, train
+def train_config_from_args(args, plugins: list[str] | None = None):
+    """The :class:`srlib.train.TrainConfig` that ``srlib train`` builds from its parsed arguments.
+
+    Args:
+        args: the namespace ``build_parser().parse_args(["train", ...])`` returns.
+        plugins: absolute paths of the plug-in files already loaded (recorded in the config).
+
+    Raises:
+        ValueError: a negative ``--val-tile``, a malformed ``--option`` or an unknown preset.
+    """
+    from .train import preset_config
 
     options = dict(_parse_option(o) for o in args.option)
     if args.val_tile is not None and args.val_tile < 0:
@@ -309,14 +318,21 @@ def _cmd_train(args) -> int:
     overrides = dict(
         model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size, lr_patch=args.lr_patch,
         learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None,
-        plugins=_plugins(args) or None,  # loaded before the model name is checked; recorded in the checkpoint
+        device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None, plugins=plugins or None,
     )
     config = preset_config(args.preset, **overrides)
     if args.val_tile == 0:
         config.val_tile = None  # whole images, even where the model's preset tiles
     if options:
         config.model_options = {**config.model_options, **options}
+    return config
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    # Plug-ins are loaded before the model name is checked, and recorded in the checkpoint.
+    config = train_config_from_args(args, plugins=_plugins(args))
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     metrics = result.get("metrics")
     print(f"\nsaved {result['checkpoint']} after {result['step']} steps ({result['train_seconds']:.0f} s of training)")

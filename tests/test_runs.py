@@ -1,0 +1,81 @@
+"""Run records: writing, reading, refusing, and the shipped records agree with their commands."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from srlib.checkpoint import save_checkpoint
+from srlib.cli import build_parser, train_config_from_args
+from srlib.models import build_model
+from srlib.models.registry import upgrade_checkpoint
+from srlib.plugins import load_plugins
+from srlib.runs import RunRecordError, load_run_record, write_run_record
+from srlib.train import TrainConfig, preset_config
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = sorted((ROOT / "data" / "checkpoints" / "runs").rglob("*.json"))
+
+
+def _fake_run(folder: Path, steps=3) -> TrainConfig:
+    config = preset_config("smoke", model="edsr_baseline", scale=2, steps=steps)
+    model = build_model("edsr_baseline", 2, **config.model_options)
+    folder.mkdir(parents=True)
+    save_checkpoint(folder / "checkpoint.pt", {
+        "format": "srlib-checkpoint-v1", "model_name": "edsr_baseline", "scale": 2, "model_options": {},
+        "model_state": model.state_dict(), "step": steps, "train_seconds": 1.234, "config": config.to_dict(),
+        "history": {"step": [1, 2, 3], "loss": [0.3, 0.2, 0.1], "val_step": [3], "val_psnr": [30.0]}})
+    (folder / "metrics.json").write_text(json.dumps({"steps": steps, "datasets": {}}))
+    return config
+
+
+def test_write_and_load_a_record(tmp_path):
+    config = _fake_run(tmp_path / "run")
+    written = write_run_record(tmp_path / "run", tmp_path / "records" / "run.json", "srlib train --preset smoke")
+    loaded = load_run_record(tmp_path / "records" / "run.json")
+    assert loaded == written
+    assert loaded["config"] == config.to_dict() and loaded["step"] == 3 and loaded["train_seconds"] == 1.2
+    assert loaded["history"]["val_psnr"] == [30.0] and loaded["command"] == "srlib train --preset smoke"
+
+
+def test_unfinished_runs_and_foreign_files_are_refused(tmp_path):
+    _fake_run(tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").unlink()
+    with pytest.raises(RunRecordError, match="no metrics.json: finish the run"):
+        write_run_record(tmp_path / "run", tmp_path / "out.json", "x")
+    assert not (tmp_path / "out.json").exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RunRecordError, match="is not JSON"):
+        load_run_record(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "srlib-run-record-v1", "command": "x"}))
+    with pytest.raises(RunRecordError, match="lacks config, step"):
+        load_run_record(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError):
+        load_run_record(tmp_path / "missing.json")
+
+
+def _comparable(config: dict) -> tuple[dict, str]:
+    config = TrainConfig.from_dict(config).to_dict()
+    options = config.pop("model_options")
+    for machine_specific in ("plugins", "data_roots"):
+        config.pop(machine_specific)
+    options, _ = upgrade_checkpoint(config["model"], options, {})  # records older than the attention registry
+    return config, repr(build_model(config["model"], config["scale"], **options))  # the layers, with their settings
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[f"{p.parent.name}/{p.stem}" for p in RECORDS])
+def test_shipped_record_is_what_its_command_trains(path, scratch_registries, monkeypatch):
+    monkeypatch.chdir(ROOT)  # commands name plug-in files relative to the repository
+    record = load_run_record(path)
+    argv = shlex.split(record["command"])
+    assert argv[:2] == ["srlib", "train"], record["command"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.out == f"runs/{path.parent.name}/{path.stem}", "the command writes the run the record names"
+    from_command = _comparable(train_config_from_args(args, plugins=load_plugins(args.plugin or [])).to_dict())
+    assert from_command == _comparable(record["config"])
+    assert record["step"] == record["config"]["steps"] == record["metrics"]["steps"]
+    assert set(record["metrics"]["datasets"]) == set(record["config"]["final_sets"])
+    assert len(record["history"]["step"]) == len(record["history"]["loss"]) > 0
