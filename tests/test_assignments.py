@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 
@@ -235,6 +236,15 @@ def test_grade_toy_solution_release_and_a_test_that_cannot_fail(tmp_path):
     assert _passing_on_release(lax_blank) == ["ex5_lax_tests"]
 
 
+def test_grade_runs_the_kernel_in_quick_mode_with_the_threads_asked(tmp_path):
+    check = _test("ex5_environment_tests", '"""Checks the environment of the kernel."""\nimport os, torch\n'
+                  'assert os.environ["SRLIB_QUICK"] == "1" and os.environ["MPLBACKEND"] == "Agg"\n'
+                  'assert torch.get_num_threads() == 1, torch.get_num_threads()\n')
+    write_notebook(toy_assignment(extra_test=check), tmp_path / "toy.ipynb")
+    report = grade_notebook(tmp_path / "toy.ipynb", source=tmp_path / "toy.ipynb", threads=1)
+    assert report.exercises[-1].grade_id == "ex5_environment_tests" and report.exercises[-1].passed, report
+
+
 def test_grade_command_json_and_exit_status(tmp_path):
     source = tmp_path / "toy.ipynb"
     write_notebook(toy_assignment(), source)
@@ -273,11 +283,13 @@ def test_course_notebook_markup(notebook):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem[:2] for p in NOTEBOOKS])
 def test_course_notebook_fails_on_release_and_passes_as_solution(notebook, tmp_path):
     release([notebook], tmp_path)
-    blank = grade_notebook(tmp_path / notebook.name, source=notebook)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two kernels of one thread each share the two cores
+        blank_run = pool.submit(grade_notebook, tmp_path / notebook.name, source=notebook, threads=1)
+        solved_run = pool.submit(grade_notebook, notebook, source=notebook, threads=1)
+        blank, solved = blank_run.result(), solved_run.result()
     assert not _passing_on_release(blank), (
         f"{notebook.name}: these tests pass on the blank student release, so they cannot tell a solved exercise "
         f"from an unsolved one: {_passing_on_release(blank)}\n{format_report(blank)}")
-    solved = grade_notebook(notebook, source=notebook)
     failing = [f"{e.grade_id}: {e.message}" for e in solved.exercises if e.passed is False]
     assert not failing, f"{notebook.name}: the solution fails its own tests: {failing}"
     expected = {c.grade_id: c.points for c in graded_cells(read_notebook(notebook)) if c.role != "answer"}

@@ -13,14 +13,14 @@ No database and no server: the notebook runs in a Jupyter kernel driven by ``nbc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from .markup import cell_source, graded_cells
 from .release import course_notebooks, read_notebook
@@ -97,20 +97,6 @@ def default_source(submission: str | os.PathLike) -> Path:
     raise GradingError(f"no course notebook is called {name}; pass the solution notebook with --source NOTEBOOK")
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _error_message(cell: Mapping[str, Any]) -> str | None:
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
@@ -137,7 +123,7 @@ def _restore_tests(submission: dict, source: Mapping[str, Any], source_name: str
 
 
 def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | None = None,
-                   timeout: int = 600, quick: bool = True) -> GradeReport:
+                   timeout: int = 600, quick: bool = True, threads: int | None = None) -> GradeReport:
     """Grade ``submission`` against the solution notebook ``source``.
 
     Args:
@@ -145,6 +131,8 @@ def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | No
         source: the solution notebook; default :func:`default_source`.
         timeout: seconds one cell may run before it is interrupted (and fails).
         quick: run in quick mode (``SRLIB_QUICK=1``), as the course's grading does.
+        threads: CPU threads of the notebook's kernel (``OMP_NUM_THREADS``); default: as this
+            process. One thread each lets two gradings share two cores.
 
     Returns:
         A :class:`GradeReport`.
@@ -170,15 +158,18 @@ def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | No
                  if (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id") in graded_ids]
     last = max(positions) if positions else -1
     restored["cells"] = restored["cells"][: last + 1]  # later cells cannot change the grade
-    notebook = nbformat.reads(json.dumps(restored), as_version=4)  # joins list sources, as nbclient needs
+    with warnings.catch_warnings():  # course notebooks carry no cell ids; nbformat adds them in memory
+        warnings.simplefilter("ignore", category=getattr(nbformat.validator, "MissingIDFieldWarning", UserWarning))
+        notebook = nbformat.reads(json.dumps(restored), as_version=4)  # joins list sources, as nbclient needs
     client = NotebookClient(notebook, timeout=timeout, interrupt_on_timeout=True, allow_errors=True,
                             kernel_name="python3",
                             resources={"metadata": {"path": str(source_path.resolve().parent)}})
     started = time.perf_counter()
-    environment = {"SRLIB_QUICK": "1" if quick else "0", "MPLBACKEND": "Agg"}
+    environment = {**os.environ, "SRLIB_QUICK": "1" if quick else "0", "MPLBACKEND": "Agg"}
+    if threads is not None:
+        environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
-        with _environment(**environment):
-            client.execute()
+        client.execute(env=environment)  # the kernel's environment; this process's stays as it is
     except DeadKernelError as err:
         raise GradingError(f"{submission.name}: the notebook's kernel died ({err}); run it yourself to see why") from None
     except RuntimeError as err:  # the kernel could not be started (no ipykernel, bad kernelspec)
