@@ -45,7 +45,7 @@ from .models.registry import model_presets
 from .plugins import load_plugins
 from .utils import atomic_write, pick_device
 
-__all__ = ["TrainConfig", "PRESETS", "preset_config", "train", "TrainingError", "write_run_report"]
+__all__ = ["TrainConfig", "PRESETS", "preset_config", "same_training_config", "train", "TrainingError", "write_run_report"]
 
 
 class TrainingError(RuntimeError):
@@ -262,6 +262,21 @@ def _same_architecture(model: str, scale: int, saved_options: dict, options: dic
         return repr(build_model(model, scale, **saved_options)) == repr(build_model(model, scale, **options))
     except (TypeError, ValueError):
         return False
+
+
+def same_training_config(saved: dict, config: TrainConfig,
+                         ignore: tuple[str, ...] = ("plugins", "data_roots")) -> bool:
+    """True when a saved configuration (``TrainConfig.to_dict()`` of a run or run record) trains what ``config`` does.
+
+    Fields missing from an older run take their defaults, model options spelled by an older
+    srlib are upgraded first, and the models are compared by the network they build. The
+    fields in ``ignore`` (machine-specific paths by default) are not compared.
+    """
+    a, b = TrainConfig.from_dict(saved).to_dict(), config.to_dict()
+    for key in ignore:
+        a.pop(key, None), b.pop(key, None)
+    saved_options, options = a.pop("model_options"), b.pop("model_options")
+    return a == b and _same_architecture(config.model, config.scale, saved_options, options)
 
 
 def _check_resume_compatible(saved: dict, config: TrainConfig, path: Path) -> None:
