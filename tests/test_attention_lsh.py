@@ -352,3 +352,112 @@ def test_combine_rounds_is_the_softmax_of_lse_weighted_sum():
     assert torch.allclose(combine_rounds(outputs, dominant)[0], outputs[:, 1])
     with pytest.raises(ValueError, match="must share"):
         combine_rounds(outputs, lse[:, :2])
+
+
+# --------------------------------------------------------------------------- super-bit LSH (DLSN)
+
+
+def _gram(projections: torch.Tensor) -> torch.Tensor:
+    """(D, R, b) directions -> (R, b, b) Gram matrices of each round's directions."""
+    return torch.einsum("drk,drj->rkj", projections, projections)
+
+
+@pytest.mark.parametrize("mode", lsh.SUPERBIT_MODES)
+@pytest.mark.parametrize("n_buckets", [1, 5, 16])
+def test_superbit_directions_are_orthonormal_when_b_fits_in_d(mode, n_buckets):
+    """b <= D: every mode gives b orthonormal directions per round, and the same ones (one Gaussian draw)."""
+    projections = lsh.superbit_projections(16, 3, n_buckets, 7, mode=mode, dtype=torch.float64)  # (D, R, b)
+    assert projections.shape == (16, 3, n_buckets)
+    torch.testing.assert_close(_gram(projections), torch.eye(n_buckets, dtype=torch.float64).expand(3, -1, -1))
+    reference = lsh.superbit_projections(16, 3, n_buckets, 7, mode="superbit", dtype=torch.float64)
+    torch.testing.assert_close(projections, reference, rtol=0, atol=0)
+
+
+def test_superbit_mode_is_block_orthonormal_when_b_exceeds_d():
+    """b > D: blocks of D consecutive directions are orthonormal; directions of different blocks are not orthogonal."""
+    dim, n_buckets = 4, 10
+    projections = lsh.superbit_projections(dim, 2, n_buckets, 3, dtype=torch.float64)  # (D, R, b)
+    gram = _gram(projections)  # (R, b, b)
+    for start in range(0, n_buckets, dim):
+        block = slice(start, min(start + dim, n_buckets))
+        size = block.stop - block.start
+        torch.testing.assert_close(gram[:, block, block], torch.eye(size, dtype=torch.float64).expand(2, -1, -1))
+    assert gram[:, :dim, dim : 2 * dim].abs().max() > 1e-3  # independent blocks
+
+
+def test_official_mode_reproduces_torch_orthogonal_init():
+    """mode='official' gives what torch.nn.init.orthogonal_(torch.empty(D, b)) gives from the same Gaussian numbers."""
+    for dim, n_buckets in [(16, 18), (16, 8), (3, 7)]:
+        torch.manual_seed(11)
+        expected = torch.nn.init.orthogonal_(torch.empty(dim, n_buckets))  # the DLSN code's call, global RNG
+        ours = lsh.superbit_projections(dim, 1, n_buckets, 11, mode="official")[:, 0]  # (D, b), seeded generator
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+        if n_buckets > dim:  # orthonormal rows, not columns: directions are not unit vectors
+            torch.testing.assert_close(ours @ ours.T, torch.eye(dim), rtol=0, atol=1e-5)
+            assert (ours.norm(dim=0) - 1).abs().max() > 0.05
+
+
+def test_orthonormal_mode_refuses_more_buckets_than_channels_naming_the_other_modes():
+    with pytest.raises(ValueError, match=r"b <= D.*mode='superbit'.*mode='official'"):
+        lsh.superbit_projections(4, 1, 6, 0, mode="orthonormal")
+    with pytest.raises(ValueError, match="superbit mode must be one of"):
+        lsh.superbit_projections(4, 1, 3, 0, mode="qr")
+
+
+@pytest.mark.parametrize("mode", lsh.SUPERBIT_MODES)
+@pytest.mark.parametrize(("dim", "n_buckets"), [(5, 3), (5, 5), (3, 8)])
+def test_superbit_codes_equal_a_float64_loop_of_algorithm_1(mode, dim, n_buckets):
+    """Algorithm 1 lines 5-8 by loops (Gaussian H, Gram-Schmidt, M x, argmax) = superbit_lsh, from one seed."""
+    from srlib.attention.loops import superbit_codes_loops, superbit_projections_loops
+
+    if mode == "orthonormal" and n_buckets > dim:
+        pytest.skip("not defined for b > D")
+    x = torch.randn(2, 17, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    codes, projections = lsh.superbit_lsh(x, 3, n_buckets, generator=5, mode=mode)  # (N, R, L), (D, R, b)
+    draw = torch.randn((3, dim, n_buckets), generator=torch.Generator().manual_seed(5))  # the same draw
+    loop_projections = superbit_projections_loops(draw, mode)  # Gram-Schmidt by loops
+    torch.testing.assert_close(projections, loop_projections, rtol=0, atol=1e-12)
+    assert torch.equal(codes, superbit_codes_loops(x, loop_projections))
+    assert codes.min() >= 0 and codes.max() < n_buckets
+
+
+def test_orthonormalize_columns_equals_gram_schmidt_loops():
+    from srlib.attention.loops import gram_schmidt_loops
+
+    h = torch.randn(6, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # 4 vectors in 6-D
+    expected = torch.tensor(gram_schmidt_loops(h.T.tolist()), dtype=torch.float64).T  # (6, 4)
+    torch.testing.assert_close(lsh.orthonormalize_columns(h), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at most D orthonormal directions"):
+        lsh.orthonormalize_columns(torch.randn(3, 5))
+
+
+def test_superbit_lsh_is_repeatable_from_a_seed_and_scale_invariant():
+    x = torch.randn(1, 40, 8, generator=torch.Generator().manual_seed(0))
+    a, pa = lsh.superbit_lsh(x, 2, 6, generator=3)
+    b, pb = lsh.superbit_lsh(x, 2, 6, generator=3)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+    c, _ = lsh.superbit_lsh(x, 2, 6, generator=4)
+    assert not torch.equal(a, c)
+    assert torch.equal(lsh.superbit_lsh(3.5 * x, 2, 6, projections=pa)[0], a)  # direction only
+    generator = torch.Generator().manual_seed(3)
+    first, _ = lsh.superbit_lsh(x, 2, 6, generator=generator)
+    second, _ = lsh.superbit_lsh(x, 2, 6, generator=generator)  # the generator advanced
+    assert torch.equal(first, a) and not torch.equal(second, a)
+
+
+def test_lsh_codes_dispatches_to_either_hash_and_checks_its_arguments():
+    x = torch.randn(1, 30, 6, generator=torch.Generator().manual_seed(0))
+    spherical, rotations = lsh.lsh_codes(x, "spherical", 2, 4, generator=1)
+    assert torch.equal(spherical, lsh.spherical_lsh(x, 2, 4, generator=1)[0]) and rotations.shape == (6, 2, 2)
+    superbit, projections = lsh.lsh_codes(x, "superbit", 2, 5, generator=1)
+    assert projections.shape == (6, 2, 5) and lsh.projection_buckets(projections, "superbit") == 5
+    assert lsh.projection_buckets(rotations, "spherical") == 4
+    with pytest.raises(ValueError, match="hashing must be one of"):
+        lsh.lsh_codes(x, "cosine", 2, 4, generator=1)
+    with pytest.raises(ValueError, match="exactly one source"):
+        lsh.lsh_codes(x, "superbit", 2, 4)
+    with pytest.raises(ValueError, match=r"\(D, n_rounds, n_buckets\) = \(6, 2, 4\)"):
+        lsh.lsh_codes(x, "superbit", 2, 4, projections=projections)
+    assert bucket_count(100, n_buckets=5, hashing="superbit") == 5  # super-bit needs no even count
+    with pytest.raises(ValueError, match="even integer"):
+        bucket_count(100, n_buckets=5)

@@ -403,8 +403,8 @@ def test_bad_input_gets_one_clear_error():
         module(torch.zeros(4, 5, 5))
     with pytest.raises(ValueError, match="implementation must be one of"):
         NonLocalAttention(4, implementation="flash")
-    with pytest.raises(ValueError, match="activation must be one of 'prelu', 'none'"):
-        NonLocalAttention(4, activation="relu")
+    with pytest.raises(ValueError, match="activation must be one of 'prelu', 'relu', 'none'"):
+        NonLocalAttention(4, activation="gelu")
     with pytest.raises(ValueError, match="channels must be an integer >= 1"):
         NonLocalAttention(0)
     q = torch.zeros(1, 6, 3)

@@ -55,7 +55,7 @@ __all__ = [
 MEMORY_FRACTION = 0.5
 
 # Activations an embedding may end with (the ``activation`` option of every module).
-ACTIVATIONS = ("prelu", "none")
+ACTIVATIONS = ("prelu", "relu", "none")
 
 
 class AttentionMemoryError(MemoryError):
@@ -378,16 +378,16 @@ def guard_memory(
 
 
 def embedding(in_channels: int, out_channels: int, activation: str = "none", kernel_size: int = 1) -> nn.Sequential:
-    """The embedding layer of every attention module: ``Sequential(conv [, PReLU])``.
+    """The embedding layer of every attention module: ``Sequential(conv [, PReLU | ReLU])``.
 
     A ``kernel_size x kernel_size`` convolution with bias and 'same' zero
     padding, followed by a PReLU (one learned slope, init 0.25) when
-    ``activation="prelu"``.  Always a ``Sequential``, so the convolution's
+    ``activation="prelu"`` (CSNLN) or a ReLU when ``activation="relu"`` (DLSN).  Always a ``Sequential``, so the convolution's
     checkpoint keys are ``<name>.0.weight`` / ``<name>.0.bias`` with or without
     the activation (``<name>.1.weight`` is the PReLU slope).
 
     Raises:
-        ValueError: an activation other than ``"prelu"`` / ``"none"``, an even kernel size.
+        ValueError: an activation other than ``"prelu"`` / ``"relu"`` / ``"none"``, an even kernel size.
     """
     activation = choice("activation", activation, ACTIVATIONS)
     kernel_size = positive_int("kernel_size", kernel_size)
@@ -398,6 +398,8 @@ def embedding(in_channels: int, out_channels: int, activation: str = "none", ker
     ]
     if activation == "prelu":
         layers.append(nn.PReLU())
+    elif activation == "relu":
+        layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

@@ -118,20 +118,20 @@ from srlib.attention.non_local import attention_matrix_bytes
 from srlib.attention.registry import register_attention
 
 __all__ = [
-    "AttentionMemoryError",
     "NORMALIZATIONS",
     "PAD_MODES",
-    "pad_to_multiple",
-    "bilinear_downscale",
-    "overlap_count",
-    "cross_scale_attention_bytes",
-    "naive_cross_scale_attention",
-    "pixel_cross_scale_attention",
-    "cross_scale_attention",
+    "AttentionMemoryError",
     "CrossScaleAttention",
     "CrossScaleDetails",
     "NaiveCrossScaleAttention",
     "PixelCrossScaleAttention",
+    "bilinear_downscale",
+    "cross_scale_attention",
+    "cross_scale_attention_bytes",
+    "naive_cross_scale_attention",
+    "overlap_count",
+    "pad_to_multiple",
+    "pixel_cross_scale_attention",
 ]
 
 # How overlapping (sp) x (sp) output patches are averaged (see the module docstring).

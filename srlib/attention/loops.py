@@ -31,13 +31,17 @@ Functional loop versions (already-embedded maps):
   :func:`pixel_cross_scale_eq3_loops` (CSNLN eq. 3 = supplement eq. 3),
   :func:`cross_scale_eq4_loops` (CSNLN eq. 4);
 * :func:`unit_keys_loops`, :func:`spherical_codes_loops` (spherical LSH),
-  :func:`sparse_attention_loops` (NLSN's non-local sparse attention).
+  :func:`sparse_attention_loops` (NLSN's non-local sparse attention);
+* :func:`gram_schmidt_loops`, :func:`superbit_projections_loops`,
+  :func:`superbit_codes_loops` (super-bit LSH, DLSN Algorithm 1 lines 5-8),
+  :func:`learned_scorer_loops` (eq. 11), :func:`learnable_attention_loops`
+  (DLSN's global learnable attention, eq. 9-18).
 
 Module-level loop versions, ``fn(module, x) -> out`` with the module's own
 weights (the ``loops=`` of the registry; equal to ``module(x)`` in eval mode):
 :func:`non_local_loops`, :func:`region_non_local_loops`,
 :func:`naive_cross_scale_loops`, :func:`pixel_cross_scale_loops`,
-:func:`cross_scale_loops`, :func:`nlsa_loops`, :func:`nlsa_dense_loops`.
+:func:`cross_scale_loops`, :func:`nlsa_loops`, :func:`nlsa_dense_loops`, :func:`gla_loops`.
 
 Sources: Y. Mei, Y. Fan, Y. Zhou, L. Huang, T. S. Huang, H. Shi, "Image
 Super-Resolution with Cross-Scale Non-Local Attention and Exhaustive
@@ -54,7 +58,12 @@ import math
 import torch
 from torch import nn
 
-from srlib.attention.lsh import bucket_count, cpu_generator, neighbour_chunk_offsets, random_rotations
+from srlib.attention.lsh import (
+    bucket_count,
+    cpu_generator,
+    neighbour_chunk_offsets,
+    random_rotations,
+)
 
 __all__ = [
     "CROSS_SCALE_KEY_NORM_EPS",
@@ -65,6 +74,10 @@ __all__ = [
     "cross_scale_similarity_loops",
     "dense_attention_loops",
     "embedding_loops",
+    "gla_loops",
+    "gram_schmidt_loops",
+    "learnable_attention_loops",
+    "learned_scorer_loops",
     "naive_cross_scale_eq2_loops",
     "naive_cross_scale_loops",
     "nlsa_dense_loops",
@@ -79,6 +92,8 @@ __all__ = [
     "softmax_loops",
     "sparse_attention_loops",
     "spherical_codes_loops",
+    "superbit_codes_loops",
+    "superbit_projections_loops",
     "unit_keys_loops",
     "window_loops",
 ]
@@ -124,17 +139,17 @@ def _logsumexp_loops(logits: list[float]) -> float:
 
 
 def embedding_loops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One embedding layer by hand: a 'same' zero-padded ``k x k`` convolution, then an optional PReLU.
+    """One embedding layer by hand: a 'same' zero-padded ``k x k`` convolution, then an optional PReLU or ReLU.
 
     ``y[n, o, i, j] = b_o + sum_{a, b} W[o, :, a, b] . x[n, :, i + a - r, j + b - r]``
     (``r = (k - 1) / 2``, terms outside the map are zero; the dot product runs
     over the input channels), then ``y if y >= 0 else alpha_o * y`` when the
-    layer ends with a PReLU.  ``k = 1`` gives the 1x1 embeddings of CSNLN
+    layer ends with a PReLU (``max(y, 0)`` with a ReLU).  ``k = 1`` gives the 1x1 embeddings of CSNLN
     (theta, delta, psi) and NLSN's value embedding; ``k = 3`` NLSN's
     query/key embedding.
 
     Args:
-        layer: a ``Sequential(conv[, PReLU])`` built by
+        layer: a ``Sequential(conv[, PReLU | ReLU])`` built by
             :func:`srlib.attention._common.embedding`, or a bare ``nn.Conv2d``
             (odd kernel, stride 1, no dilation, one group, 'same' zero padding, with or without bias).
         x: ``(N, C_in, H, W)`` float map.
@@ -147,14 +162,15 @@ def embedding_loops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     layers = list(layer) if isinstance(layer, nn.Sequential) else [layer]
     conv = layers[0]
-    prelu = layers[1] if len(layers) > 1 else None
+    relu = len(layers) > 1 and isinstance(layers[1], nn.ReLU)
+    prelu = layers[1] if len(layers) > 1 and not relu else None
     if (
         not isinstance(conv, nn.Conv2d) or len(layers) > 2 or (prelu is not None and not isinstance(prelu, nn.PReLU))
         or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
         or conv.kernel_size[0] != conv.kernel_size[1] or conv.kernel_size[0] % 2 == 0
         or conv.padding != (conv.kernel_size[0] // 2,) * 2 or conv.padding_mode != "zeros"
     ):
-        raise ValueError(f"embedding_loops expects Sequential(odd 'same' Conv2d[, PReLU]), got {layer!r}")
+        raise ValueError(f"embedding_loops expects Sequential(odd 'same' Conv2d[, PReLU | ReLU]), got {layer!r}")
     weight = _float64(conv.weight)  # (C_out, C_in, k, k)
     bias = _float64(conv.bias) if conv.bias is not None else torch.zeros(weight.shape[0], dtype=DTYPE)  # (C_out,)
     x = _float64(x)  # (N, C_in, H, W)
@@ -175,6 +191,8 @@ def embedding_loops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
                                 total += float(torch.dot(weight[o, :, a, b], x[n, :, row, col]))
                     if slopes is not None and total < 0:
                         total *= float(slopes[o if slopes.numel() > 1 else 0])
+                    if relu:
+                        total = max(total, 0.0)
                     y[n, o, i, j] = total
     return y
 
@@ -789,6 +807,8 @@ def nlsa_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     match = embedding_loops(module.query_key_embed, x)  # (N, C_e, H, W), queries and keys
     value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
+    if getattr(module, "hashing", "spherical") == "superbit":  # the same attention over super-bit codes
+        return learnable_attention_loops(match, match, value, _eval_codes_loops(module, match), module.chunk_size)
     height, width = x.shape[-2:]
     n_buckets = bucket_count(height * width, module.chunk_size, n_buckets=module.n_buckets)
     rotations = random_rotations(
@@ -809,3 +829,250 @@ def nlsa_dense_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     match = embedding_loops(module.query_key_embed, x)  # (N, C_e, H, W)
     value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
     return dense_attention_loops(match, unit_keys_loops(match), value)[0]  # (N, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# Super-bit LSH and global learnable attention (DLSN)
+# ----------------------------------------------------------------------------------------------
+
+
+def gram_schmidt_loops(vectors: list[list[float]]) -> list[list[float]]:
+    """Classical Gram-Schmidt, literally: ``u_k = h_k - sum_{i<k} (h_k . e_i) e_i``, ``e_k = u_k / |u_k|``.
+
+    Args:
+        vectors: ``P`` vectors of ``D`` numbers each (``P <= D``, linearly independent).
+
+    Returns:
+        ``P`` orthonormal vectors (lists of floats), in the same order.
+
+    Source: DLSN Algorithm 1 line 6 ("orthogonalize H via Gram-Schmidt process").
+    """
+    basis: list[list[float]] = []
+    for h in vectors:
+        u = list(h)
+        for e in basis:
+            dot = sum(a * b for a, b in zip(h, e))
+            u = [a - dot * b for a, b in zip(u, e)]
+        norm = math.sqrt(sum(a * a for a in u))
+        basis.append([a / norm for a in u])
+    return basis
+
+
+def superbit_projections_loops(draw: torch.Tensor, mode: str = "superbit") -> torch.Tensor:
+    """Super-bit directions from a Gaussian draw by Gram-Schmidt loops (DLSN Algorithm 1 lines 5-6).
+
+    Args:
+        draw: ``(R, D, b)`` Gaussian numbers; column ``[r, :, k]`` is the ``k``-th
+            raw direction of round ``r`` (row ``k`` of the paper's ``H``).
+        mode: ``"superbit"`` - Gram-Schmidt of each block of ``D`` consecutive
+            directions (all of them when ``b <= D``); ``"orthonormal"`` - all ``b``
+            (requires ``b <= D``); ``"official"`` - for ``b > D``, Gram-Schmidt of
+            the ``D`` rows of the ``(D, b)`` matrix instead (what
+            ``torch.nn.init.orthogonal_`` returns), else as ``"orthonormal"``.
+
+    Returns:
+        ``(D, R, b)`` float64 directions, the layout of
+        :func:`srlib.attention.lsh.superbit_projections`.
+
+    Source: DLSN Algorithm 1; Ji et al., "Super-Bit LSH", NeurIPS 2012 (blocks).
+    """
+    draw = _float64(draw)
+    n_rounds, dim, n_buckets = draw.shape
+    if mode == "orthonormal" and n_buckets > dim:
+        raise ValueError(f"mode 'orthonormal' needs b <= D, got b = {n_buckets}, D = {dim}")
+    out = torch.zeros(dim, n_rounds, n_buckets, dtype=DTYPE)  # (D, R, b)
+    for r in range(n_rounds):
+        columns = [[float(draw[r, d, k]) for d in range(dim)] for k in range(n_buckets)]  # b vectors in D dims
+        if n_buckets > dim and mode == "official":
+            rows = gram_schmidt_loops([[columns[k][d] for k in range(n_buckets)] for d in range(dim)])  # D rows of b
+            columns = [[rows[d][k] for d in range(dim)] for k in range(n_buckets)]
+        else:
+            directions = []
+            for start in range(0, n_buckets, dim):  # one block when b <= D
+                directions += gram_schmidt_loops(columns[start:start + dim])
+            columns = directions
+        for k in range(n_buckets):
+            for d in range(dim):
+                out[d, r, k] = columns[k][d]
+    return out
+
+
+def superbit_codes_loops(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """Super-bit codes ``argmax_k (m_k . x)`` literally (DLSN eq. 12, Algorithm 1 lines 7-8); first maximum wins ties.
+
+    Args:
+        x: ``(N, L, D)`` vectors.
+        projections: ``(D, R, b)`` directions ``m_k`` of each round.
+
+    Returns:
+        ``(N, R, L)`` int64 codes in ``[0, b)``.
+    """
+    x, projections = _float64(x).tolist(), _float64(projections).tolist()  # x[n][l][d], projections[d][r][k]
+    n_images, length, dim = len(x), len(x[0]), len(projections)
+    n_rounds, n_buckets = len(projections[0]), len(projections[0][0])
+    codes = torch.zeros(n_images, n_rounds, length, dtype=torch.int64)  # (N, R, L)
+    for n in range(n_images):
+        for r in range(n_rounds):
+            for pos in range(length):
+                proj = [sum(x[n][pos][d] * projections[d][r][k] for d in range(dim)) for k in range(n_buckets)]
+                codes[n, r, pos] = max(range(n_buckets), key=lambda k, proj=proj: (proj[k], -k))
+    return codes
+
+
+def learned_scorer_loops(scorer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The learned scorer of eq. 11 position by position: ``W_2 relu(W_1 f + b_1) + b_2``.
+
+    Args:
+        scorer: ``Sequential(Linear(C, h), ReLU, Linear(h, P))``.
+        features: ``(N, C, H, W)`` (``phi_l(x)``).
+
+    Returns:
+        ``(N, P, H, W)`` float64.
+    """
+    w1, b1 = _float64(scorer[0].weight), _float64(scorer[0].bias)  # (h, C), (h,)
+    w2, b2 = _float64(scorer[2].weight), _float64(scorer[2].bias)  # (P, h), (P,)
+    features = _float64(features)
+    n_images, _, height, width = features.shape
+    out = torch.zeros(n_images, w2.shape[0], height, width, dtype=DTYPE)  # (N, P, H, W)
+    for n in range(n_images):
+        for i in range(height):
+            for j in range(width):
+                f = features[n, :, i, j]  # (C,)
+                hidden = [max(float(torch.dot(w1[u], f)) + float(b1[u]), 0.0) for u in range(w1.shape[0])]
+                for p in range(w2.shape[0]):
+                    out[n, p, i, j] = sum(float(w2[p, u]) * hidden[u] for u in range(w1.shape[0])) + float(b2[p])
+    return out
+
+
+def learnable_attention_loops(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    codes: torch.Tensor,
+    chunk_size: int,
+    learned: torch.Tensor | None = None,
+    learned_form: str = "none",
+    fixed_scores: bool = True,
+    round_weighting: str = "logsumexp",
+    chunks_before: int = 1,
+    chunks_after: int = 1,
+) -> torch.Tensor:
+    """DLSN's global learnable attention (Algorithm 1, eq. 9-18) over given bucket codes, with loops::
+
+        for each image and round r:
+            sorted = positions sorted by (code_r, position); chunks of m sorted positions
+            for every query i in chunk c, window = the positions of chunks c + o (o in neighbour offsets)
+                s(i, j)  = [q(i) . k_hat(j)] + s_l(i, j)                       eq. 9-10
+                  s_l(i, j) = learned[i][slot of j in i's window]   ("paper", eq. 11 / line 24)
+                  s_l(i, j) = learned[j][slot of i in its chunk]    ("official" code)
+                out_r(i) = sum_j softmax_j(s(i, j)) v(j)                         eq. 14
+                lse_r(i) = log sum_j exp s(i, j);  S_r(i) = sum_j s(i, j)
+        out(i) = sum_r w_r(i) out_r(i)                                            eq. 17
+            w_r = softmax_r(lse_r)   ("logsumexp", official)  or  S_r / sum_r' S_r'   ("score_sum", eq. 18)
+
+    Args:
+        query, key: ``(N, C_e, H, W)`` (keys normalised here, ``k / max(|k|, 5e-5)``).
+        value: ``(N, C_v, H, W)``.
+        codes: ``(N, R, L)`` bucket codes (e.g. :func:`superbit_codes_loops` of the unit keys).
+        chunk_size: ``m``.
+        learned: ``(N, P, H, W)`` learned scores (:func:`learned_scorer_loops`) or None.
+        learned_form: ``"none"``, ``"paper"`` or ``"official"``.
+        fixed_scores: include ``q . k_hat``.
+        round_weighting: ``"logsumexp"`` or ``"score_sum"``.
+        chunks_before, chunks_after: neighbour chunks (DLSN: 1 and 1).
+
+    Returns:
+        ``(N, C_v, H, W)`` float64.
+
+    Source: DLSN (Su et al.), Algorithm 1 and eq. 9-18; official code ``laoyangui/DLSN``
+    ``src/model/attention.py`` for the ``"official"`` form and the logsumexp weights.
+    """
+    query, value = _float64(query), _float64(value)
+    key_hat = unit_keys_loops(key)  # (N, C_e, H, W)
+    n_images, _, height, width = query.shape
+    c_v = value.shape[1]
+    n_rounds = codes.shape[1]
+    length = height * width
+    pixels = [(i, j) for i in range(height) for j in range(width)]  # position l = i*W + j
+    out = torch.zeros(n_images, c_v, height, width, dtype=DTYPE)  # (N, C_v, H, W)
+    for n in range(n_images):
+        q = [query[n, :, i, j].tolist() for i, j in pixels]  # q[l][d]
+        k_hat = [key_hat[n, :, i, j].tolist() for i, j in pixels]  # k_hat[l][d]
+        v = [value[n, :, i, j].tolist() for i, j in pixels]  # v[l][c]
+        s_l = [_float64(learned)[n, :, i, j].tolist() for i, j in pixels] if learned is not None else None
+        round_out, round_lse, round_sum = [], [], []
+        for r in range(n_rounds):
+            code = codes[n, r].tolist()
+            ordered = sorted(range(length), key=lambda pos, code=code: (code[pos], pos))  # stable sort
+            chunks = [ordered[start : start + chunk_size] for start in range(0, length, chunk_size)]
+            offsets = neighbour_chunk_offsets(len(chunks), chunks_before, chunks_after)
+            outs, lses, sums = [None] * length, [None] * length, [None] * length
+            for c, chunk in enumerate(chunks):
+                window = [(k * chunk_size + t, pos)  # (slot in the window, key position)
+                          for k, o in enumerate(offsets) for t, pos in enumerate(chunks[(c + o) % len(chunks)])]
+                for query_slot, i in enumerate(chunk):
+                    scores = []
+                    for slot, j in window:
+                        score = sum(a * b for a, b in zip(q[i], k_hat[j])) if fixed_scores else 0.0  # eq. 10
+                        if learned_form == "paper":
+                            score += s_l[i][slot]  # the query's network output for this key slot
+                        elif learned_form == "official":
+                            score += s_l[j][query_slot]  # the key's network output for the query's slot
+                        scores.append(score)
+                    lse = _logsumexp_loops(scores)
+                    lses[i], sums[i] = lse, sum(scores)
+                    outs[i] = [sum(math.exp(s - lse) * v[j][ch] for s, (_, j) in zip(scores, window))
+                               for ch in range(c_v)]
+            round_out.append(outs)
+            round_lse.append(lses)
+            round_sum.append(sums)
+        for pos, (i, j) in enumerate(pixels):
+            if round_weighting == "score_sum":
+                total = sum(round_sum[r][pos] for r in range(n_rounds))
+                shares = [round_sum[r][pos] / total for r in range(n_rounds)]  # eq. 18
+            else:
+                shares = softmax_loops([round_lse[r][pos] for r in range(n_rounds)])  # softmax_r(lse_r)
+            for ch in range(c_v):
+                out[n, ch, i, j] = sum(shares[r] * round_out[r][pos][ch] for r in range(n_rounds))  # eq. 17
+    return out
+
+
+def _eval_codes_loops(module: nn.Module, match: torch.Tensor) -> torch.Tensor:
+    """The bucket codes ``module`` uses in eval mode, by loops: its seeded draw, Gram-Schmidt, argmax."""
+    height, width = match.shape[-2:]
+    hashing = getattr(module, "hashing", "spherical")
+    n_buckets = bucket_count(height * width, module.chunk_size, n_buckets=module.n_buckets, hashing=hashing)
+    dim = match.shape[1]
+    unit = unit_keys_loops(match)  # (N, C_e, H, W)
+    vectors = unit.flatten(2).transpose(1, 2)  # (N, L, C_e), position l = i*W + j
+    if hashing == "spherical":
+        rotations = random_rotations(dim, module.n_rounds, n_buckets, generator=cpu_generator(module.seed), dtype=DTYPE)
+        return spherical_codes_loops(vectors, rotations)  # (N, R, L)
+    draw = torch.randn((module.n_rounds, dim, n_buckets), generator=cpu_generator(module.seed), dtype=torch.float32)
+    return superbit_codes_loops(vectors, superbit_projections_loops(draw, module.superbit_mode))  # (N, R, L)
+
+
+def gla_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`~srlib.attention.learnable.GlobalLearnableAttention` by loops: ``(N, C, H, W)`` -> ``(N, C, H, W)`` float64.
+
+    Algorithm 1 of DLSN with the module's weights: ``q = query_key_embed(x)``
+    (line 2), hash codes of the unit ``q`` from the module's eval-mode draw
+    (the Gaussian ``H`` drawn from ``cpu_generator(module.seed)`` exactly as
+    :func:`srlib.attention.lsh.superbit_projections` draws it, then
+    :func:`superbit_projections_loops`, :func:`superbit_codes_loops`; lines
+    5-8), ``v = value_embed(x)`` (line 18), ``s_l`` by
+    :func:`learned_scorer_loops` of ``learned_embed(x)`` (lines 17, 24), then
+    :func:`learnable_attention_loops`.  Equals ``module.eval()(x)``.
+
+    Source: DLSN (Su et al.), Algorithm 1.
+    """
+    match = embedding_loops(module.query_key_embed, x)  # (N, C_e, H, W)
+    value = embedding_loops(module.value_embed, x)  # (N, C, H, W)
+    learned = None
+    if module.learned_score != "none":
+        learned = learned_scorer_loops(module.learned_scorer, embedding_loops(module.learned_embed, x))  # (N, P, H, W)
+    codes = _eval_codes_loops(module, match)  # (N, R, L)
+    return learnable_attention_loops(
+        match, match, value, codes, module.chunk_size, learned=learned, learned_form=module.learned_score,
+        fixed_scores=module.fixed_score, round_weighting=module.round_weighting,
+    )

@@ -34,6 +34,19 @@ code only depends on the direction of ``x`` (it is unchanged by ``x -> c x``,
 two vectors at a large angle.  Rounds use independent matrices; stacked they
 form the ``(D, R, b/2)`` tensor of :func:`random_rotations`.
 
+Super-bit LSH (J. Ji, J. Li, S. Yan, B. Zhang, Q. Tian, "Super-Bit
+Locality-Sensitive Hashing", NeurIPS 2012; used by DLSN, Algorithm 1 lines
+5-8 and eq. 12).  Draw a Gaussian ``H`` of ``b`` directions in ``D``
+dimensions, orthonormalise them (``M``), and take ``h(x) = argmax(M x)`` over
+the ``b`` directions - no ``[x, -x]`` doubling, so ``b`` projections give
+``b`` buckets (:func:`superbit_projections`, :func:`superbit_hash`).
+Orthogonal directions spread the hyperplanes evenly instead of letting two
+random ones nearly coincide; Ji et al. prove that this lowers the variance of
+the angle estimate made from the codes.  When ``b > D`` no ``b`` orthonormal
+directions exist; see :data:`SUPERBIT_MODES` for the three ways to draw them.
+Both hashes feed the same sort / chunk / combine steps: :func:`draw_projections`
+and :func:`lsh_codes` choose between them by name (:data:`HASHINGS`).
+
 Randomness.  Rotations are drawn **on the CPU from an explicit CPU
 ``torch.Generator`` (or an integer seed)** and then moved to the input's device
 and dtype, so one seed gives the same rotations - and, up to rounding at exact
@@ -59,14 +72,20 @@ from srlib.attention._common import positive_int
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "HASHINGS",
     "MAX_BUCKETS",
+    "SUPERBIT_MODES",
     "bucket_count",
     "combine_rounds",
     "cpu_generator",
+    "draw_projections",
     "gather_neighbour_chunks",
+    "lsh_codes",
     "merge_chunks",
     "neighbour_chunk_offsets",
     "offset_rounds",
+    "orthonormalize_columns",
+    "projection_buckets",
     "random_rotations",
     "softmax_with_logsumexp",
     "sort_by_code",
@@ -74,6 +93,9 @@ __all__ = [
     "spherical_hash",
     "spherical_lsh",
     "split_into_chunks",
+    "superbit_hash",
+    "superbit_lsh",
+    "superbit_projections",
     "unsort_positions",
 ]
 
@@ -81,6 +103,14 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 144
 # Upper bound of the official bucket rule.
 MAX_BUCKETS = 128
+#: The hash functions the sparse attentions can use: NLSN's spherical LSH and DLSN's super-bit LSH.
+HASHINGS = ("spherical", "superbit")
+#: How super-bit LSH draws its ``b`` directions in ``D`` dimensions (see :func:`superbit_projections`):
+#: ``"superbit"`` - ``ceil(b / D)`` independent blocks of orthonormal directions (Ji et al. 2012, Sec. 3);
+#: ``"orthonormal"`` - one orthonormal set, only defined for ``b <= D`` (DLSN Algorithm 1 line 6);
+#: ``"official"`` - ``torch.nn.init.orthogonal_`` of a ``(D, b)`` matrix, as the DLSN code does:
+#: orthonormal directions for ``b <= D``, orthonormal *rows* (a tight frame, directions not unit) for ``b > D``.
+SUPERBIT_MODES = ("superbit", "orthonormal", "official")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +144,7 @@ def bucket_count(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_buckets: int = MAX_BUCKETS,
     n_buckets: int | None = None,
+    hashing: str = "spherical",
 ) -> int:
     """Number of hash buckets ``b`` for a sequence of ``length`` positions (NLSN's rule).
 
@@ -133,7 +164,10 @@ def bucket_count(
         chunk_size: the divisor of the rule (the chunk size, 144 in NLSN), >= 1.
         max_buckets: the upper bound (128 in NLSN), an even integer >= 2.
         n_buckets: explicit override: when given, it is checked (an even
-            integer >= 2) and returned as is, and the rule is not used.
+            integer >= 2 for spherical LSH, any integer >= 1 for super-bit
+            LSH) and returned as is, and the rule is not used.
+        hashing: ``"spherical"`` or ``"superbit"``; the rule is the same for
+            both (DLSN's code copies NLSN's line), only the override's check differs.
 
     Returns:
         ``b``, an even integer in ``[2, max_buckets]`` (or ``n_buckets``).
@@ -148,7 +182,11 @@ def bucket_count(
     length = positive_int("length", length)
     chunk_size = positive_int("chunk_size", chunk_size)
     max_buckets = _check_bucket_number("max_buckets", max_buckets)
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing must be one of {', '.join(map(repr, HASHINGS))}, got {hashing!r}")
     if n_buckets is not None:
+        if hashing == "superbit":
+            return positive_int("n_buckets", n_buckets)
         return _check_bucket_number("n_buckets", n_buckets)
     chunks = length // chunk_size
     return max(min(chunks + chunks % 2, max_buckets), 2)
@@ -357,6 +395,291 @@ def offset_rounds(codes: torch.Tensor, n_buckets: int) -> torch.Tensor:
     n_buckets = positive_int("n_buckets", n_buckets)
     offsets = torch.arange(codes.shape[1], device=codes.device, dtype=codes.dtype) * n_buckets  # (R,)
     return codes + offsets.view(1, -1, 1)  # (N, R, L)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1b. Super-bit hash (DLSN) and the choice between the two hashes
+# ----------------------------------------------------------------------------------------------
+
+
+def orthonormalize_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """Gram-Schmidt of the columns of ``matrix``, computed as a QR factorisation with signs fixed.
+
+    Classical Gram-Schmidt on the columns ``h_1, ..., h_P`` (in that order)
+    gives ``H = Q R`` with ``Q`` orthonormal and ``R`` upper triangular with a
+    positive diagonal.  Householder QR (``torch.linalg.qr``) gives the same
+    product up to the signs of ``R``'s diagonal; multiplying column ``k`` of
+    ``Q`` by ``sign(R_kk)`` gives exactly Gram-Schmidt's ``Q`` (the QR
+    factorisation with a positive diagonal is unique for a full-rank ``H``),
+    but computed stably: classical Gram-Schmidt loses orthogonality in
+    floating point, Householder does not.  ``tests/test_attention_lsh.py``
+    compares this with a float64 Gram-Schmidt loop.
+
+    Args:
+        matrix: ``(..., D, P)`` float, ``P <= D``, full column rank (true with
+            probability 1 for a Gaussian draw).
+
+    Returns:
+        ``(..., D, P)`` with orthonormal columns, same dtype and device.
+
+    Raises:
+        ValueError: fewer than 2 dimensions, or more columns than rows
+            (``P > D``: no ``P`` orthonormal vectors exist in ``D`` dimensions).
+    """
+    if not isinstance(matrix, torch.Tensor) or matrix.dim() < 2:
+        raise ValueError("matrix must be a (..., D, P) tensor")
+    if matrix.shape[-1] > matrix.shape[-2]:
+        raise ValueError(
+            f"cannot orthonormalise {matrix.shape[-1]} columns in {matrix.shape[-2]} dimensions: at most D "
+            "orthonormal directions exist in D dimensions"
+        )
+    q, r = torch.linalg.qr(matrix, mode="reduced")  # (..., D, P), (..., P, P)
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))  # (..., P)
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return q * signs.unsqueeze(-2)  # (..., D, P), Gram-Schmidt's Q
+
+
+def superbit_projections(
+    dim: int,
+    n_rounds: int,
+    n_buckets: int,
+    generator: torch.Generator | int,
+    mode: str = "superbit",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Super-bit projection directions ``M^T``: ``(D, n_rounds, b)``, column ``[:, r, k]`` the ``k``-th direction.
+
+    Per round, ``b`` Gaussian directions (DLSN Algorithm 1 line 5: ``H``,
+    ``b x D``, drawn here as its transpose ``(D, b)``) are made orthogonal
+    (line 6).  Whether ``b`` orthonormal directions exist depends on ``b``
+    and ``D``; ``mode`` says what to do (:data:`SUPERBIT_MODES`):
+
+    * ``"superbit"`` (default) - the batched super-bit of Ji et al. (NeurIPS
+      2012, Sec. 3, "super-bit depth" ``D`` and several independent
+      batches): columns ``[0, D)``, ``[D, 2D)``, ... of the draw are
+      orthonormalised separately, so each block of at most ``D`` directions is
+      orthonormal and different blocks are independent.  For ``b <= D`` there
+      is one block: the same as ``"orthonormal"``.
+    * ``"orthonormal"`` - one orthonormal set of ``b`` directions (the paper's
+      Algorithm 1 taken literally); ``b > D`` raises ``ValueError``.
+    * ``"official"`` - what the DLSN code's ``torch.nn.init.orthogonal_(torch.empty(D, b))``
+      produces (``laoyangui/DLSN``, ``src/model/attention.py``, ``SBLSH``):
+      for ``b <= D`` orthonormal columns (the same as ``"orthonormal"``); for
+      ``b > D`` ``orthogonal_`` orthonormalises the ``D`` *rows* instead, so
+      ``M^T M`` is not the identity, the ``b`` directions have squared norms
+      that sum to ``D`` (not 1 each) and the argmax favours the longer ones.
+      The DLSN setting is ``D = 64 / 4 = 16`` channels while the bucket rule
+      gives ``b = 18`` on a 48x48 training patch, so the released model
+      trains in this regime.
+
+    All three orthonormalise with :func:`orthonormalize_columns` (Gram-Schmidt
+    computed as QR).  The Gaussian draw is the same for every mode - float32
+    on the CPU from ``generator``, shape ``(n_rounds, D, b)`` - so for
+    ``b <= D`` the three modes give identical directions; they are then
+    orthonormalised in float64 and cast to ``dtype`` on ``device``.
+
+    Args:
+        dim: ``D``, channels of the vectors to hash (>= 1).
+        n_rounds: ``R``, hash rounds (>= 1).
+        n_buckets: ``b``, buckets per round = directions per round (>= 1).
+        generator: a CPU ``torch.Generator`` (advanced by the draw) or an integer seed.
+        mode: one of :data:`SUPERBIT_MODES`.
+        device: where to put the result (default CPU).
+        dtype: floating dtype of the result (default float32).
+
+    Returns:
+        ``(D, R, b)`` projections; ``x @ P[:, r]`` are round ``r``'s ``b`` projections of ``x``.
+
+    Raises:
+        ValueError: an unknown ``mode``; ``mode="orthonormal"`` with ``b > D``
+            (the message names the modes that work); non-positive sizes; a
+            non-floating ``dtype``; a generator on a non-CPU device.
+        TypeError: ``generator`` is neither a generator nor an integer.
+
+    Source: DLSN (Algorithm 1 lines 5-6, eq. 12); Ji et al., "Super-Bit
+    Locality-Sensitive Hashing", NeurIPS 2012.
+    """
+    dim = positive_int("dim", dim)
+    n_rounds = positive_int("n_rounds", n_rounds)
+    n_buckets = positive_int("n_buckets", n_buckets)
+    if mode not in SUPERBIT_MODES:
+        raise ValueError(f"superbit mode must be one of {', '.join(map(repr, SUPERBIT_MODES))}, got {mode!r}")
+    if mode == "orthonormal" and n_buckets > dim:
+        raise ValueError(
+            f"superbit mode 'orthonormal' needs b <= D, but b = {n_buckets} buckets were asked for vectors of "
+            f"D = {dim} channels: no {n_buckets} orthonormal directions exist in {dim} dimensions. Use "
+            "mode='superbit' (independent orthonormal blocks of at most D directions, Ji et al. 2012) or "
+            "mode='official' (what the DLSN code does: orthonormal rows), fewer buckets, or more channels"
+        )
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    draw = torch.randn((n_rounds, dim, n_buckets), generator=cpu_generator(generator), dtype=torch.float32)  # (R, D, b)
+    draw = draw.double()
+    if n_buckets <= dim:
+        directions = orthonormalize_columns(draw)  # (R, D, b), every mode
+    elif mode == "official":
+        directions = orthonormalize_columns(draw.transpose(1, 2)).transpose(1, 2)  # (R, D, b), orthonormal rows
+    else:  # "superbit": independent orthonormal blocks of D directions (the last block may be smaller)
+        directions = torch.cat(
+            [orthonormalize_columns(draw[:, :, start:start + dim]) for start in range(0, n_buckets, dim)], dim=2
+        )  # (R, D, b)
+    return directions.permute(1, 0, 2).to(device=device if device is not None else "cpu", dtype=dtype or torch.float32)
+
+
+def superbit_hash(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """Super-bit LSH codes ``argmax_k (x . m_k)`` for every position and round (DLSN eq. 12, Algorithm 1 lines 7-8).
+
+    Args:
+        x: ``(N, L, D)`` float vectors (any norm: scaling ``x`` by ``c > 0`` keeps its code).
+        projections: ``(D, R, b)`` directions (:func:`superbit_projections`),
+            moved to ``x``'s device and dtype.
+
+    Returns:
+        ``(N, R, L)`` int64 codes in ``[0, b)``; ties go to the first maximum.
+        Not differentiable (integers).
+
+    Raises:
+        ValueError: ``x`` not 3-D or not floating, ``projections`` not 3-D, or their ``D`` differ.
+    """
+    _check_rank("x", x, 3, "(N, L, D)")
+    _check_rank("projections", projections, 3, "(D, n_rounds, n_buckets)")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if projections.shape[0] != x.shape[2]:
+        raise ValueError(
+            f"projections must have one row per channel of x: x has D = {x.shape[2]} channels, "
+            f"projections have shape {tuple(projections.shape)}"
+        )
+    projections = projections.to(device=x.device, dtype=x.dtype)
+    x = x.detach()
+    per_round = max(x.shape[0] * x.shape[1] * projections.shape[2], 1)
+    group = max(1, min(projections.shape[1], _HASH_BLOCK_ELEMENTS // per_round))  # rounds per einsum
+    codes = [
+        torch.einsum("nld,drk->nrlk", x, projections[:, start:start + group]).argmax(dim=-1)  # (N, g, L)
+        for start in range(0, projections.shape[1], group)
+    ]
+    return torch.cat(codes, dim=1)  # (N, R, L)
+
+
+def superbit_lsh(
+    x: torch.Tensor,
+    n_rounds: int,
+    n_buckets: int,
+    generator: torch.Generator | int | None = None,
+    projections: torch.Tensor | None = None,
+    mode: str = "superbit",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw (or take) super-bit projections and hash: :func:`superbit_projections` + :func:`superbit_hash`.
+
+    Args:
+        x: ``(N, L, D)`` float vectors.
+        n_rounds: ``R`` (>= 1).
+        n_buckets: ``b`` (>= 1; see :func:`bucket_count` for the official rule).
+        generator: CPU ``torch.Generator`` or integer seed for a fresh draw.
+        projections: precomputed ``(D, R, b)`` directions instead; exactly one
+            of ``generator`` / ``projections``.
+        mode: how to draw (:data:`SUPERBIT_MODES`), used with ``generator``.
+
+    Returns:
+        ``(codes, projections)``: ``(N, R, L)`` int64 codes in ``[0, b)`` and the
+        ``(D, R, b)`` directions used (``x``'s device and dtype).
+
+    Raises:
+        ValueError: both or neither source; projections of the wrong shape; the
+            errors of :func:`superbit_projections` and :func:`superbit_hash`.
+    """
+    return lsh_codes(x, "superbit", n_rounds, n_buckets, generator=generator, projections=projections, mode=mode)
+
+
+def projection_buckets(projections: torch.Tensor, hashing: str) -> int:
+    """The bucket count ``b`` that a projection tensor implies: ``2 P`` for spherical LSH, ``P`` for super-bit.
+
+    ``projections`` is ``(D, R, P)``.  Raises ``ValueError`` for an unknown
+    ``hashing`` or a tensor that is not 3-D.
+    """
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing must be one of {', '.join(map(repr, HASHINGS))}, got {hashing!r}")
+    _check_rank("projections", projections, 3, "(D, n_rounds, P)")
+    return 2 * projections.shape[2] if hashing == "spherical" else projections.shape[2]
+
+
+def draw_projections(
+    hashing: str,
+    dim: int,
+    n_rounds: int,
+    n_buckets: int,
+    generator: torch.Generator | int,
+    mode: str = "superbit",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Random projections of either hash: :func:`random_rotations` ``(D, R, b/2)`` or :func:`superbit_projections` ``(D, R, b)``.
+
+    ``mode`` (:data:`SUPERBIT_MODES`) only matters for ``hashing="superbit"``.
+
+    Raises:
+        ValueError: unknown ``hashing``; the errors of the two drawing functions.
+    """
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing must be one of {', '.join(map(repr, HASHINGS))}, got {hashing!r}")
+    if hashing == "spherical":
+        return random_rotations(dim, n_rounds, n_buckets, generator, device=device, dtype=dtype)
+    return superbit_projections(dim, n_rounds, n_buckets, generator, mode=mode, device=device, dtype=dtype)
+
+
+def lsh_codes(
+    x: torch.Tensor,
+    hashing: str,
+    n_rounds: int,
+    n_buckets: int,
+    generator: torch.Generator | int | None = None,
+    projections: torch.Tensor | None = None,
+    mode: str = "superbit",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hash ``x`` with the named hash: the one entry point the sparse attentions call.
+
+    Args:
+        x: ``(N, L, D)`` float vectors.
+        hashing: ``"spherical"`` (NLSN) or ``"superbit"`` (DLSN), :data:`HASHINGS`.
+        n_rounds: ``R`` (>= 1).
+        n_buckets: ``b`` (spherical: even >= 2; super-bit: >= 1).
+        generator: CPU generator or integer seed for a fresh draw, or
+        projections: the precomputed ``(D, R, P)`` tensor (``P = b/2`` spherical,
+            ``b`` super-bit); exactly one of the two.
+        mode: super-bit drawing mode (:data:`SUPERBIT_MODES`).
+
+    Returns:
+        ``(codes, projections)``: ``(N, R, L)`` int64 codes in ``[0, b)`` and
+        the projections used, on ``x``'s device and in its dtype.
+
+    Raises:
+        ValueError: unknown ``hashing``; both or neither source; projections
+            of the wrong shape; the errors of the drawing and hashing functions.
+    """
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing must be one of {', '.join(map(repr, HASHINGS))}, got {hashing!r}")
+    if hashing == "spherical":
+        return spherical_lsh(x, n_rounds, n_buckets, generator=generator, rotations=projections)
+    _check_rank("x", x, 3, "(N, L, D)")
+    n_rounds = positive_int("n_rounds", n_rounds)
+    n_buckets = positive_int("n_buckets", n_buckets)
+    if (generator is None) == (projections is None):
+        raise ValueError(
+            "pass exactly one source of hash projections: generator= (a CPU torch.Generator or an integer "
+            "seed, for a fresh draw) or projections= (a precomputed (D, n_rounds, n_buckets) tensor)"
+        )
+    if projections is None:
+        projections = superbit_projections(
+            x.shape[2], n_rounds, n_buckets, generator, mode=mode, device=x.device, dtype=x.dtype
+        )  # (D, R, b)
+    else:
+        expected = (x.shape[2], n_rounds, n_buckets)
+        if not isinstance(projections, torch.Tensor) or tuple(projections.shape) != expected:
+            shape = tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
+            raise ValueError(f"projections must have shape (D, n_rounds, n_buckets) = {expected}, got {shape}")
+        projections = projections.to(device=x.device, dtype=x.dtype)
+    return superbit_hash(x, projections), projections
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,14 +68,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from srlib.attention._common import (
+    channel_reduction,
+    check_feature_map,
+    check_map,
+    check_query_key_value,
+    choice,
+    embedding,
+    normalize_activation,
+    positive_int,
+)
 from srlib.attention.lsh import (
     DEFAULT_CHUNK_SIZE,
+    HASHINGS,
+    SUPERBIT_MODES,
     bucket_count,
     combine_rounds,
     cpu_generator,
     gather_neighbour_chunks,
+    lsh_codes,
     merge_chunks,
     neighbour_chunk_offsets,
+    projection_buckets,
     softmax_with_logsumexp,
     sort_by_code,
     sort_positions,
@@ -83,20 +97,13 @@ from srlib.attention.lsh import (
     split_into_chunks,
     unsort_positions,
 )
-from srlib.attention._common import (
-    channel_reduction,
-    check_feature_map,
-    check_map,
-    check_query_key_value,
-    embedding,
-    normalize_activation,
-    positive_int,
-)
 from srlib.attention.non_local import AttentionDetails, non_local_attention
 from srlib.attention.registry import register_attention
 
 __all__ = [
     "KEY_NORM_EPS",
+    "LEARNED_FORMS",
+    "ROUND_WEIGHTINGS",
     "DenseMatchAttention",
     "NonLocalSparseAttention",
     "SparseAttentionDetails",
@@ -105,6 +112,10 @@ __all__ = [
     "readable_sparse_attention",
 ]
 
+#: Forms of the learned score term ``s_l`` (see :mod:`srlib.attention.learnable`).
+LEARNED_FORMS = ("none", "paper", "official")
+#: How the hash rounds are combined: NLSN's / DLSN code's ``softmax_r(lse_r)``, or DLSN's eq. 18.
+ROUND_WEIGHTINGS = ("logsumexp", "score_sum")
 # Lower bound of a key's L2 norm before dividing by it (``eps`` of ``F.normalize`` in the NLSN code).
 KEY_NORM_EPS = 5e-5
 # Score entries (queries x keys, over the whole batch) computed at once: 2**20 is 4 MiB in float32.
@@ -127,7 +138,9 @@ class SparseAttentionDetails:
             ``exp(score)`` over the keys a query saw in round ``r``.
         n_buckets: ``b``, buckets per round.
         rotations: ``(C_e, R, b // 2)`` hash projections used (input's device
-            and dtype); pass them back as ``rotations=`` to repeat the call exactly.
+            and dtype; ``(C_e, R, b)`` for super-bit LSH); pass them back as
+            ``rotations=`` to repeat the call exactly.
+        hashing: ``"spherical"`` or ``"superbit"``, the hash that made ``codes``.
     """
 
     codes: torch.Tensor
@@ -136,6 +149,7 @@ class SparseAttentionDetails:
     round_logsumexp: torch.Tensor
     n_buckets: int
     rotations: torch.Tensor
+    hashing: str = "spherical"
 
 
 def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -159,7 +173,11 @@ def _attend_round(
     chunk_size: int,
     chunks_before: int,
     chunks_after: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    learned_rows: torch.Tensor | None = None,
+    learned_form: str = "none",
+    fixed_scores: bool = True,
+    score_sums: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One hashing round: attend inside the chunks of the sorted sequence, a block of chunks at a time.
 
     Args:
@@ -168,10 +186,15 @@ def _attend_round(
         v_rows: ``(N * L, C_v)`` values, same rows.
         order: ``(N, L)`` int64, the position at each sorted slot of this round.
         chunk_size, chunks_before, chunks_after: as in :func:`non_local_sparse_attention`.
+        learned_rows, learned_form, fixed_scores: the learned score term and
+            whether ``q . k_hat`` is used, as in :func:`non_local_sparse_attention`.
+        score_sums: also return the sums of the scores (else None).
 
     Returns:
-        ``(out, lse)``: the round's ``(N * L, C_v)`` output and ``(N * L,)``
-        log-normalisers, back in row (position) order.
+        ``(out, lse, score_sum)``: the round's ``(N * L, C_v)`` output, ``(N * L,)``
+        log-normalisers and ``(N * L,)`` sums of the scores over the keys each
+        query saw (for DLSN's eq. 18; None unless ``score_sums``), back in row
+        (position) order.
     """
     n, length = order.shape
     device = order.device
@@ -184,6 +207,8 @@ def _attend_round(
     q_chunks = q_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
     k_chunks = k_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
     v_chunks = v_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_v)
+    if learned_form != "none":  # (N, nc, m, P): P = K_max m key slots ("paper") or m query slots ("official")
+        l_chunks = learned_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)
     # Chunks seen by each chunk; which of them see the padded last chunk.
     neighbours = (torch.arange(n_chunks)[:, None] + torch.tensor(offsets)[None, :]) % n_chunks  # (nc, K), CPU
     sees_padding = (neighbours == n_chunks - 1).any(dim=1) & (n_chunks * chunk_size > length)  # (nc,), CPU
@@ -193,6 +218,8 @@ def _attend_round(
 
     out = v_rows.new_empty(n * length, v_rows.shape[1])  # (N L, C_v); every row is written once below
     lse = v_rows.new_empty(n * length)  # (N L,)
+    score_sum = v_rows.new_empty(n * length) if score_sums else None  # (N L,)
+    window = len(offsets) * chunk_size  # K m keys per query
     for first in range(0, n_chunks, block):
         last = min(first + block, n_chunks)
         size = last - first  # B chunks in this block
@@ -201,11 +228,24 @@ def _attend_round(
         q = q_chunks[:, first:last]  # (N, B, m, C_e)
         k = k_chunks.index_select(1, seen).view(n, size, -1, k_chunks.shape[-1])  # (N, B, K m, C_e)
         v = v_chunks.index_select(1, seen).view(n, size, -1, v_chunks.shape[-1])  # (N, B, K m, C_v)
-        # Scores q . k_hat; padded key slots (all in the last chunk) get -inf, i.e. zero weight.
-        scores = q @ k.transpose(-1, -2)  # (N, B, m, K m)
+        # Scores q . k_hat (s_f), plus the learned term s_l when there is one.
+        if learned_form == "none":
+            scores = q @ k.transpose(-1, -2)  # (N, B, m, K m)
+        else:
+            if learned_form == "paper":  # the query's network output, one score per key slot of its window
+                learned = l_chunks[:, first:last, :, :window]  # (N, B, m, K m)
+            else:  # "official": each key's network output, read at the query's slot in its chunk
+                learned = l_chunks.index_select(1, seen).view(n, size, window, chunk_size).transpose(-1, -2)
+            scores = q @ k.transpose(-1, -2) + learned if fixed_scores else learned.clone()  # (N, B, m, K m)
+        # Padded key slots (all in the last chunk) get -inf, i.e. zero weight.
+        key_valid = None
         if bool(sees_padding[first:last].any()):
-            key_valid = neighbours_here[first:last, :, None] * chunk_size + slots < length  # (B, K, m)
-            scores.masked_fill_(~key_valid.view(1, size, 1, -1), float("-inf"))
+            key_valid = (neighbours_here[first:last, :, None] * chunk_size + slots < length).view(1, size, 1, -1)
+        if score_sums:  # sum_j s(q, k_j) over the real keys of the window (DLSN eq. 18)
+            real = scores if key_valid is None else scores.masked_fill(~key_valid, 0.0)
+            block_sum = real.sum(dim=-1)  # (N, B, m)
+        if key_valid is not None:
+            scores.masked_fill_(~key_valid, float("-inf"))
         # Softmax and log-normaliser, in place: w = exp(s - max), lse = max + log sum w, out = (w v) / sum w.
         top = scores.detach().amax(dim=-1, keepdim=True)  # (N, B, m, 1); lse and out do not depend on it
         weights = scores.sub_(top).exp_()  # (N, B, m, K m)
@@ -217,7 +257,9 @@ def _attend_round(
         real_rows = rows[:, first * chunk_size : first * chunk_size + kept].flatten()  # (N kept,)
         out.index_copy_(0, real_rows, block_out.flatten(1, 2)[:, :kept].flatten(0, 1))
         lse.index_copy_(0, real_rows, block_lse.flatten(1)[:, :kept].flatten())
-    return out, lse
+        if score_sums:
+            score_sum.index_copy_(0, real_rows, block_sum.flatten(1)[:, :kept].flatten())
+    return out, lse, score_sum
 
 
 def normalize_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -242,6 +284,12 @@ def non_local_sparse_attention(
     chunks_before: int = 1,
     chunks_after: int = 1,
     return_details: bool = False,
+    hashing: str = "spherical",
+    superbit_mode: str = "superbit",
+    learned_scores: torch.Tensor | None = None,
+    learned_form: str = "none",
+    fixed_scores: bool = True,
+    round_weighting: str = "logsumexp",
 ) -> torch.Tensor | tuple[torch.Tensor, SparseAttentionDetails]:
     """NLSA on feature maps: hash, sort, attend inside neighbouring chunks, combine rounds.
 
@@ -280,12 +328,31 @@ def non_local_sparse_attention(
         chunks_before, chunks_after: neighbour chunks each chunk attends to
             (>= 0; NLSN: 1 and 1, so ``3 m`` keys per query).
         return_details: also return a :class:`SparseAttentionDetails`.
+        hashing: ``"spherical"`` (NLSN, rotations ``(C_e, R, b/2)``) or
+            ``"superbit"`` (DLSN, projections ``(C_e, R, b)``, drawn with
+            ``superbit_mode``, :data:`~srlib.attention.lsh.SUPERBIT_MODES`);
+            ``rotations=`` then holds that hash's projections.
+        learned_scores, learned_form, fixed_scores, round_weighting: the
+            scoring of DLSN's global learnable attention
+            (:mod:`srlib.attention.learnable` builds them; NLSA uses the
+            defaults): ``learned_form`` ``"none"`` (no learned term),
+            ``"paper"`` (``learned_scores`` ``(N, K_max m, H, W)``: position
+            ``l``'s row gives, as a query, a score to each of the ``K_max m``
+            key slots of its window, ``K_max = 1 + chunks_before + chunks_after``),
+            or ``"official"`` (``learned_scores`` ``(N, m, H, W)``: position
+            ``l``'s row gives, as a key, a score to each query slot ``0..m-1``
+            of a chunk); the score is ``q . k_hat + s_l`` with
+            ``fixed_scores=True``, ``s_l`` alone with ``False``.  ``round_weighting``
+            ``"logsumexp"`` (``softmax_r(lse_r)``) or ``"score_sum"`` (DLSN
+            eq. 18: ``w_r = S_r / sum_r' S_r'`` with ``S_r`` the sum of the
+            scores a query gave in round ``r``; not a convex weighting when
+            scores are negative).
 
     Returns:
         ``(N, C_v, H, W)`` output, same dtype and device as the inputs;
         with ``return_details=True`` the pair ``(output, details)``.
         Differentiable with respect to query, key and value (the bucket
-        assignment itself is piecewise constant).
+        assignment itself is piecewise constant) and ``learned_scores``.
 
     Memory: each query meets ``K m`` keys per round, ``K = 1 + chunks_before
     + chunks_after`` (fewer when there are fewer chunks), so there are
@@ -314,12 +381,16 @@ def non_local_sparse_attention(
     chunk_size = positive_int("chunk_size", chunk_size)
     chunks_before = positive_int("chunks_before", chunks_before, minimum=0)
     chunks_after = positive_int("chunks_after", chunks_after, minimum=0)
+    hashing = choice("hashing", hashing, HASHINGS)
+    round_weighting = choice("round_weighting", round_weighting, ROUND_WEIGHTINGS)
     n, _, h, w = query.shape
     c_v = value.shape[1]
     length = h * w
+    learned_rows = _learned_rows(learned_scores, learned_form, fixed_scores, query, chunk_size,
+                                 1 + chunks_before + chunks_after)  # (N L, P) or None
     if rotations is not None and n_buckets is None and isinstance(rotations, torch.Tensor) and rotations.dim() == 3:
-        n_buckets = 2 * rotations.shape[2]  # the rotations fix b; spherical_lsh checks the rest
-    n_buckets = bucket_count(length, chunk_size, n_buckets=n_buckets)
+        n_buckets = projection_buckets(rotations, hashing)  # the projections fix b; lsh_codes checks the rest
+    n_buckets = bucket_count(length, chunk_size, n_buckets=n_buckets, hashing=hashing)
 
     q = query.flatten(2).transpose(1, 2)  # (N, L, C_e)
     k = key.flatten(2).transpose(1, 2)  # (N, L, C_e)
@@ -327,7 +398,9 @@ def non_local_sparse_attention(
     k = normalize_keys(k)  # (N, L, C_e), unit keys
 
     # 1. Hash: one code per position and round (from the keys; the direction is all that matters).
-    codes, rotations = spherical_lsh(k, n_rounds, n_buckets, generator=generator, rotations=rotations)  # (N, R, L)
+    codes, rotations = lsh_codes(
+        k, hashing, n_rounds, n_buckets, generator=generator, projections=rotations, mode=superbit_mode
+    )  # (N, R, L)
     # 2. Sort each round by code (stable): order[n, r, s] is the position at sorted slot s.
     order, _ = sort_by_code(codes)  # (N, R, L)
     # One row per position (row n L + l), so that chunks can be gathered by row number.
@@ -337,15 +410,24 @@ def non_local_sparse_attention(
     # 3. Attend inside the chunks and their neighbours, one round after the other (see _attend_round).
     # 4. Combine the rounds as they come: out = sum_r softmax_r(lse_r) out_r over the rounds so far,
     #    and lse = log sum_r exp(lse_r), their joint log-normaliser.
-    outputs, lses = [], []  # every round's result, kept only for the details
+    #    (DLSN eq. 18 instead: out = sum_r S_r out_r / sum_r S_r, accumulated as two running sums.)
+    by_score_sum = round_weighting == "score_sum"
+    outputs, lses, sums = [], [], []  # every round's result, kept only for the details
     combined = combined_lse = None  # (N L, C_v), (N L,)
     for r in range(n_rounds):
-        round_out, round_lse = _attend_round(
-            q_rows, k_rows, v_rows, order[:, r], chunk_size, chunks_before, chunks_after
-        )  # (N L, C_v), (N L,)
+        round_out, round_lse, round_sum = _attend_round(
+            q_rows, k_rows, v_rows, order[:, r], chunk_size, chunks_before, chunks_after,
+            learned_rows=learned_rows, learned_form=learned_form, fixed_scores=fixed_scores, score_sums=by_score_sum,
+        )  # (N L, C_v), (N L,), (N L,) or None
         if return_details:
             outputs.append(round_out)
             lses.append(round_lse)
+            sums.append(round_sum)
+        if by_score_sum:  # numerator sum_r S_r out_r and denominator sum_r S_r (eq. 17-18)
+            weighted = round_sum.unsqueeze(-1) * round_out  # (N L, C_v)
+            combined = weighted if combined is None else combined + weighted
+            combined_lse = round_sum if combined_lse is None else combined_lse + round_sum
+            continue
         if combined is None:
             combined, combined_lse = round_out, round_lse
             continue
@@ -353,27 +435,70 @@ def non_local_sparse_attention(
         share = torch.sigmoid(round_lse - combined_lse)  # (N L,)
         combined = torch.lerp(combined, round_out, share.unsqueeze(-1))  # (N L, C_v)
         combined_lse = torch.logaddexp(combined_lse, round_lse)  # (N L,)
+    if by_score_sum:
+        combined = combined / combined_lse.unsqueeze(-1)  # (N L, C_v), eq. 17 with the weights of eq. 18
 
     output = combined.view(n, length, c_v).transpose(1, 2).reshape(n, c_v, h, w)  # (N, C_v, H, W)
     if not return_details:
         return output
     round_outputs = torch.stack([o.view(n, length, c_v) for o in outputs], dim=1)  # (N, R, L, C_v)
     round_lse = torch.stack([x.view(n, length) for x in lses], dim=1)  # (N, R, L)
+    if by_score_sum:
+        round_sums = torch.stack([x.view(n, length) for x in sums], dim=1)  # (N, R, L)
+        round_weights = round_sums / round_sums.sum(dim=1, keepdim=True)  # (N, R, L), eq. 18
+    else:
+        round_weights = torch.softmax(round_lse, dim=1)  # (N, R, L)
     details = SparseAttentionDetails(
         codes=codes.reshape(n, n_rounds, h, w),
         round_outputs=round_outputs.transpose(2, 3).reshape(n, n_rounds, c_v, h, w),
-        round_weights=torch.softmax(round_lse, dim=1).reshape(n, n_rounds, h, w),
+        round_weights=round_weights.reshape(n, n_rounds, h, w),
         round_logsumexp=round_lse.reshape(n, n_rounds, h, w),
         n_buckets=n_buckets,
         rotations=rotations,
+        hashing=hashing,
     )
     return output, details
+
+
+def _learned_rows(
+    learned_scores: torch.Tensor | None, learned_form: str, fixed_scores: bool, query: torch.Tensor,
+    chunk_size: int, window_chunks: int,
+) -> torch.Tensor | None:
+    """Check the learned score term of :func:`non_local_sparse_attention` and flatten it to ``(N L, P)`` rows."""
+    learned_form = choice("learned_form", learned_form, LEARNED_FORMS)
+    if not isinstance(fixed_scores, bool):
+        raise TypeError(f"fixed_scores must be True or False, got {fixed_scores!r}")
+    if learned_form == "none":
+        if learned_scores is not None:
+            raise ValueError("learned_scores were given with learned_form='none'; pass learned_form='paper' or 'official'")
+        if not fixed_scores:
+            raise ValueError("fixed_scores=False with learned_form='none' leaves no score at all; keep one of the two")
+        return None
+    width = window_chunks * chunk_size if learned_form == "paper" else chunk_size
+    n, _, h, w = query.shape
+    what = "one score per key slot of the window (K_max * chunk_size)" if learned_form == "paper" else (
+        "one score per query slot of a chunk (chunk_size)")
+    if not isinstance(learned_scores, torch.Tensor) or tuple(learned_scores.shape) != (n, width, h, w):
+        shape = tuple(learned_scores.shape) if isinstance(learned_scores, torch.Tensor) else type(learned_scores).__name__
+        raise ValueError(
+            f"learned_scores of form {learned_form!r} must be shaped (N, {width}, H, W) = {(n, width, h, w)}, "
+            f"{what}; got {shape}"
+        )
+    if learned_scores.dtype != query.dtype or learned_scores.device != query.device:
+        raise ValueError(
+            f"learned_scores must share the query's dtype and device ({query.dtype}, {query.device}), "
+            f"got {learned_scores.dtype} on {learned_scores.device}"
+        )
+    return learned_scores.flatten(2).transpose(1, 2).reshape(n * h * w, width)  # (N L, P)
 
 
 @register_attention(
     "nlsa", kind="in_scale", loops="srlib.attention.loops:nlsa_loops",
     bench={f"nlsa_r{rounds}": {"n_rounds": rounds} for rounds in (1, 2, 4, 8)},
-    test_options=[{"chunk_size": 8, "n_rounds": 2}, {"chunk_size": 7, "n_rounds": 3, "n_buckets": 4}],
+    test_options=[
+        {"chunk_size": 8, "n_rounds": 2}, {"chunk_size": 7, "n_rounds": 3, "n_buckets": 4},
+        {"chunk_size": 8, "n_rounds": 2, "hashing": "superbit", "n_buckets": 3},
+    ],
 )
 class NonLocalSparseAttention(nn.Module):
     """The NLSA module of NLSN: a shared query/key embedding, a value embedding, sparse attention.
@@ -392,7 +517,10 @@ class NonLocalSparseAttention(nn.Module):
         n_buckets: buckets per round, even >= 2, or None for NLSN's rule
             (:func:`srlib.attention.lsh.bucket_count`, at least 2).
         seed: integer seed of the hash rotations (see "Randomness").
-        activation: ``"none"`` (NLSN: plain convolutions) or ``"prelu"`` after each embedding.
+        activation: ``"none"`` (NLSN: plain convolutions), ``"prelu"`` or ``"relu"`` after each embedding.
+        hashing: ``"spherical"`` (NLSN) or ``"superbit"`` (DLSN's super-bit LSH,
+            :func:`srlib.attention.lsh.superbit_projections`): the hash is the only difference.
+        superbit_mode: how super-bit directions are drawn (:data:`srlib.attention.lsh.SUPERBIT_MODES`).
 
     Layers (the names are the checkpoint keys):
         ``query_key_embed`` - ``Sequential(3x3 conv (padding 1, bias) C -> C // reduction)``:
@@ -443,6 +571,8 @@ class NonLocalSparseAttention(nn.Module):
         n_buckets: int | None = None,
         seed: int = 0,
         activation: str = "none",
+        hashing: str = "spherical",
+        superbit_mode: str = "superbit",
     ):
         super().__init__()
         channels, reduction = channel_reduction(channels, reduction)
@@ -451,8 +581,10 @@ class NonLocalSparseAttention(nn.Module):
         self.embed_channels = channels // reduction
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.n_rounds = positive_int("n_rounds", n_rounds)
+        self.hashing = choice("hashing", hashing, HASHINGS)
+        self.superbit_mode = choice("superbit_mode", superbit_mode, SUPERBIT_MODES)
         if n_buckets is not None:
-            bucket_count(1, n_buckets=n_buckets)  # checks: even, >= 2
+            bucket_count(1, n_buckets=n_buckets, hashing=self.hashing)  # checks: even >= 2 (spherical), >= 1
             n_buckets = int(n_buckets)
         self.n_buckets = n_buckets
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -495,6 +627,7 @@ class NonLocalSparseAttention(nn.Module):
         return non_local_sparse_attention(
             match, match, values, n_rounds=self.n_rounds, chunk_size=self.chunk_size,
             n_buckets=self.n_buckets, generator=source, return_details=return_details,
+            hashing=self.hashing, superbit_mode=self.superbit_mode,
         )  # (N, C, H, W) [, details]
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -513,7 +646,8 @@ class NonLocalSparseAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
-            f"n_rounds={self.n_rounds}, n_buckets={self.n_buckets}, seed={self.seed}, activation={self.activation!r}"
+            f"n_rounds={self.n_rounds}, n_buckets={self.n_buckets}, seed={self.seed}, activation={self.activation!r}, "
+            f"hashing={self.hashing!r}, superbit_mode={self.superbit_mode!r}"
         )
 
 
