@@ -4,9 +4,9 @@ Sub-commands::
 
     srlib data     [--data-root DIR] [--download NAME --root DIR]
     srlib eval     (--model bicubic | --checkpoint PATH) --scale S --dataset NAME [--dataset NAME ...] [--json FILE]
-                   [--plugin FILE.py ...]
+                   [--degradation bicubic|bd|dn [--noise SIGMA]] [--plugin FILE.py ...]
     srlib train    --preset quick|full --model NAME --scale S --out DIR [--resume] [--val-tile PX]
-                   [--plugin FILE.py ...]
+                   [--degradation bicubic|bd|dn [--noise SIGMA]] [--plugin FILE.py ...]
     srlib upscale  IMAGE (--checkpoint PATH | --model bicubic --scale S) -o OUT.png [--plugin FILE.py ...]
     srlib models   [--scale S] [--option KEY=VALUE ...]
     srlib export   CHECKPOINT -o SLIM.pt [--half]
@@ -50,6 +50,28 @@ def _roots(args) -> list[str] | None:
     return roots
 
 
+def _add_degradation(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--degradation", choices=["bicubic", "bd", "dn"], default=default,
+                   help="how LR images are made: bicubic (default), bd = Gaussian blur sigma 1.6 then "
+                        "one pixel per block (x3 only), dn = bicubic plus Gaussian noise (needs --noise)")
+    p.add_argument("--noise", type=float, default=None, metavar="SIGMA",
+                   help="DN noise standard deviation on the 0-255 scale (>= 0), with --degradation dn")
+
+
+def _degradation(args):
+    """The :class:`srlib.data.degrade.Degradation` of ``--degradation`` / ``--noise`` (bicubic when neither)."""
+    from .data.degrade import Degradation
+
+    name = args.degradation or "bicubic"
+    if args.noise is not None and name != "dn":
+        raise ValueError(f"--noise {args.noise:g} goes with --degradation dn, not {name}")
+    if name == "dn" and args.noise is None:
+        raise ValueError("--degradation dn needs --noise SIGMA, the noise level on the 0-255 scale (e.g. --noise 15)")
+    if args.noise is not None and not args.noise >= 0:
+        raise ValueError(f"--noise must be a noise level >= 0 on the 0-255 scale, got {args.noise:g}")
+    return Degradation(name, args.noise)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``srlib`` command (all sub-commands)."""
     from .models import available_models
@@ -78,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images of each set")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_degradation(p, default="bicubic")
     _add_data_root(p)
     _add_plugin(p)
 
@@ -104,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate and score the final report in LR tiles of at most PX "
                         "(default: the model's preset; 0: whole images)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_degradation(p, default=None)
     _add_data_root(p)
     _add_plugin(p)
 
@@ -282,15 +306,17 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .utils import pick_device
 
+    degradation = _degradation(args)
+    degradation.check_scale(args.scale)  # before loading anything
     device = pick_device(args.device)
     model = _load_model(args, device)
     scores = evaluate(
         model, args.dataset, args.scale, roots=_roots(args), device=device, tile=args.tile,
         tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
-        progress=not args.no_progress, max_images=args.max_images,
+        progress=not args.no_progress, max_images=args.max_images, degradation=degradation,
     )
     name = args.checkpoint or args.model
-    print(f"\n{name}  x{args.scale}  (Y channel, shave {args.scale})")
+    print(f"\n{name}  x{args.scale}  {degradation.key} LR  (Y channel, shave {args.scale})")
     print(f"{'dataset':<10} {'PSNR (dB)':>10} {'SSIM':>8} {'images':>7}")
     for ds, s in scores.items():
         print(f"{ds:<10} {s['psnr']:>10.2f} {s['ssim']:>8.4f} {s['images']:>7}")
@@ -308,17 +334,22 @@ def train_config_from_args(args, plugins: list[str] | None = None):
         plugins: absolute paths of the plug-in files already loaded (recorded in the config).
 
     Raises:
-        ValueError: a negative ``--val-tile``, a malformed ``--option`` or an unknown preset.
+        ValueError: a negative ``--val-tile``, a malformed ``--option``, an unknown preset,
+            ``--noise`` without ``--degradation dn`` (or the reverse), a negative ``--noise``,
+            a degradation not defined at ``--scale`` (BD: x3 only).
     """
     from .train import preset_config
 
     options = dict(_parse_option(o) for o in args.option)
     if args.val_tile is not None and args.val_tile < 0:
         raise ValueError(f"--val-tile must be a number of LR pixels > 0, or 0 for whole images; got {args.val_tile}")
+    degradation = _degradation(args)
+    degradation.check_scale(args.scale)
     overrides = dict(
         model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size, lr_patch=args.lr_patch,
         learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
         device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None, plugins=plugins or None,
+        degradation=degradation.name, noise_sigma=degradation.noise_sigma,
     )
     config = preset_config(args.preset, **overrides)
     if args.val_tile == 0:

@@ -4,7 +4,9 @@ The protocol (EDSR, RCAN, NLSN, DLSN, ...): the LR input is the MATLAB-bicubic
 downscaled HR image (:mod:`srlib.data`), the network output is quantised to
 8 bit, and PSNR / SSIM are computed on the Y channel with ``shave = scale``
 pixels cut from every border (:mod:`srlib.metrics`); a dataset's score is the
-mean of its per-image scores.
+mean of its per-image scores.  ``degradation="bd"`` or ``"dn_s15"`` scores on the
+blur-downscale or noise-downscale LR images instead (DLSN Tables 4 and 5,
+:mod:`srlib.data.degrade`).
 
 Two optional inference tricks:
 
@@ -25,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from srlib.data import BenchmarkDataset, to_float, to_uint8
+from srlib.data.degrade import Degradation, as_degradation
 from srlib.metrics import psnr_y, ssim_y
 from srlib.models import check_lr_batch, model_device
 from srlib.utils import pick_device
@@ -270,14 +273,21 @@ def _check_scale(model: nn.Module, scale: int) -> None:
         )
 
 
-def _open_dataset(dataset: Any, scale: int, roots, max_images: int | None) -> tuple[str, Any, int]:
+def _open_dataset(dataset: Any, scale: int, roots, max_images: int | None,
+                  degradation: Degradation) -> tuple[str, Any, int]:
     """``(name, dataset, number of images to use)`` for a set name or a dataset object."""
     if isinstance(dataset, str):
-        opened = BenchmarkDataset(dataset, scale, roots=roots, max_images=max_images)
+        opened = BenchmarkDataset(dataset, scale, roots=roots, max_images=max_images, degradation=degradation)
         name = dataset
     else:
         opened = dataset
         name = str(getattr(dataset, "name", type(dataset).__name__))
+        own = getattr(dataset, "degradation", None)
+        if own is not None and as_degradation(own) != degradation:
+            raise ValueError(
+                f"dataset {name} makes its LR images with the {as_degradation(own).key} degradation, but "
+                f"{degradation.key} was asked for; pass the degradation to the dataset or leave it out here"
+            )
     count = len(opened) if max_images is None else min(len(opened), int(max_images))
     if count == 0:
         raise ValueError(f"dataset {name} has no images to evaluate")
@@ -296,6 +306,7 @@ def evaluate_images(
     progress: bool = True,
     max_images: int | None = None,
     return_images: bool = False,
+    degradation: str | Degradation = "bicubic",
 ) -> list[dict]:
     """Per-image PSNR / SSIM (Y channel, shave = scale) of a model on one dataset.
 
@@ -315,19 +326,27 @@ def evaluate_images(
         return_images: also return ``"lr"``, ``"hr"`` and ``"sr"`` (uint8 RGB
             ``(3, H, W)`` on the CPU) in each record, e.g. for
             :func:`srlib.viz.comparison_figure`.
+        degradation: how a named set's LR images are made: a
+            :class:`srlib.data.degrade.Degradation` or its key, ``"bicubic"``
+            (default), ``"bd"`` (x3) or ``"dn_s15"``.  A dataset object brings
+            its own LR images; one with a different ``degradation`` attribute
+            is refused.
 
     Returns:
         One dict per image, in dataset order: ``{"name": str, "psnr": dB
         (float), "ssim": float}`` plus the images if ``return_images``.
 
     Raises:
-        ValueError: ``scale`` differs from ``model.scale``; the dataset is empty.
+        ValueError: ``scale`` differs from ``model.scale``; the dataset is empty;
+            the degradation is unknown or not defined at ``scale``.
         DatasetNotFoundError: (from ``srlib.data``) the dataset is not installed.
         RuntimeError: the device ran out of memory; the message suggests ``--tile``.
     """
     _check_scale(model, scale)
+    degradation = as_degradation(degradation)
+    degradation.check_scale(scale)
     run_device = _prepare_model(model, device)
-    name, opened, count = _open_dataset(dataset, scale, roots, max_images)
+    name, opened, count = _open_dataset(dataset, scale, roots, max_images, degradation)
     records: list[dict] = []
     bar = tqdm(range(count), desc=f"{name} x{scale}", unit="img", disable=not progress)
     for index in bar:
@@ -367,6 +386,7 @@ def evaluate(
     progress: bool = True,
     max_images: int | None = None,
     per_image: bool = False,
+    degradation: str | Degradation = "bicubic",
 ) -> dict[str, dict]:
     """Mean PSNR / SSIM on the Y channel (shave = scale) of a model on benchmark sets.
 
@@ -376,7 +396,7 @@ def evaluate(
         datasets: one name or a list, e.g. ``["Set5", "Set14", "B100",
             "Urban100"]`` (dataset objects work too, see :func:`evaluate_images`).
         scale: upscaling factor; must equal ``model.scale``.
-        roots, device, tile, tile_overlap, self_ensemble, progress, max_images:
+        roots, device, tile, tile_overlap, self_ensemble, progress, max_images, degradation:
             see :func:`evaluate_images`.
         per_image: also return each image's scores under ``"per_image"``.
 
@@ -386,15 +406,19 @@ def evaluate(
         ``per_image``).  Means are over per-image scores, as in the papers.
 
     Raises:
-        ValueError: ``scale`` differs from ``model.scale``; an empty dataset.
+        ValueError: ``scale`` differs from ``model.scale``; an empty dataset; a
+            degradation unknown or not defined at ``scale``.
         DatasetNotFoundError: (from ``srlib.data``) a dataset is not installed.
         RuntimeError: the device ran out of memory; the message suggests ``--tile``.
 
     Example: ``evaluate(build_model("bicubic", 2), ["Set5"], 2)`` gives
     ``{"Set5": {"psnr": 33.649, "ssim": 0.9295, "images": 5}}`` (the papers
-    report 33.66 / 0.9299).
+    report 33.66 / 0.9299); ``evaluate(build_model("bicubic", 3), ["Set5"], 3,
+    degradation="bd")`` gives 28.777 dB / 0.8309 (DLSN Table 4: 28.78 / 0.8308).
     """
     _check_scale(model, scale)
+    degradation = as_degradation(degradation)
+    degradation.check_scale(scale)
     # A single name or dataset object, or a list/tuple of them.
     datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
     results: dict[str, dict] = {}
@@ -410,6 +434,7 @@ def evaluate(
             self_ensemble=self_ensemble,
             progress=progress,
             max_images=max_images,
+            degradation=degradation,
         )
         name = dataset if isinstance(dataset, str) else str(getattr(dataset, "name", type(dataset).__name__))
         summary = {

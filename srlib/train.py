@@ -87,6 +87,14 @@ class TrainConfig:
             format (NHWC), which the CPU and GPU convolution kernels run faster on
             (about 25% per step on a 2-core CPU for the quick preset).
         max_train_images: use only the first N training images (``None``: all).
+        degradation: how LR images are made from HR images, for the training
+            patches, the validation and the final report: ``"bicubic"`` (the
+            default, and what a configuration saved without the field means),
+            ``"bd"`` (blur-downscale, x3 only) or ``"dn"`` (noise-downscale),
+            see :mod:`srlib.data.degrade`.  Not part of the architecture, so
+            it does not change which checkpoints load into which models.
+        noise_sigma: the DN noise sigma on the 0..255 scale (``degradation="dn"``
+            only; ``None`` otherwise).
         data_roots: extra dataset roots searched before ``SRLIB_DATA`` and ``data/``.
         plugins: plugin files (absolute paths) that register the model or its
             attention (see :mod:`srlib.plugins`); loaded before the model is
@@ -118,6 +126,8 @@ class TrainConfig:
     bf16: bool = True
     channels_last: bool = True
     max_train_images: int | None = None
+    degradation: str = "bicubic"
+    noise_sigma: float | None = None
     data_roots: list | None = None
     plugins: list | None = None
 
@@ -138,6 +148,20 @@ class TrainConfig:
             if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+    def degradation_spec(self):
+        """The :class:`srlib.data.degrade.Degradation` of :attr:`degradation` and :attr:`noise_sigma`.
+
+        Raises:
+            TrainingError: an unknown degradation, ``dn`` without a sigma or with a
+                negative one, a sigma given to another degradation.
+        """
+        from .data.degrade import Degradation
+
+        try:
+            return Degradation(self.degradation, self.noise_sigma)
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"bad degradation setting: {error}") from None
 
 
 # Presets: the settings shared by every model.  Each model adds its own settings per preset
@@ -280,7 +304,9 @@ def same_training_config(saved: dict, config: TrainConfig,
 
 
 def _check_resume_compatible(saved: dict, config: TrainConfig, path: Path) -> None:
-    for key in ("model", "model_options", "scale"):
+    # A run saved before the degradation fields existed trained on bicubic LR images.
+    saved = {"degradation": TrainConfig.degradation, "noise_sigma": TrainConfig.noise_sigma, **saved}
+    for key in ("model", "model_options", "scale", "degradation", "noise_sigma"):
         if saved.get(key) == getattr(config, key):
             continue
         if key == "model_options" and _same_architecture(config.model, config.scale, saved.get(key) or {},
@@ -350,6 +376,11 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
             f"unknown model {config.model!r}; available models: {', '.join(available_models())} "
             "(a model registered by a plugin needs its file in TrainConfig.plugins / --plugin FILE.py)"
         )
+    degradation = config.degradation_spec()
+    try:
+        degradation.check_scale(config.scale)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
@@ -375,6 +406,7 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
         roots=config.data_roots,
         max_images=config.max_train_images,
         progress=progress,
+        degradation=degradation,
     )
     return run
 
@@ -420,6 +452,7 @@ def _validate(run: _Run) -> float:
     scores = evaluate(
         run.model, [config.val_set], config.scale, roots=config.data_roots, device=run.device,
         progress=False, max_images=config.val_max_images, tile=config.val_tile,
+        degradation=config.degradation_spec(),
     )
     run.model.train()
     return scores[config.val_set]["psnr"]
@@ -562,6 +595,8 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
                      progress: bool = True) -> dict:
     """Score a trained model and bicubic on ``config.final_sets``; write ``metrics.json`` and ``comparison.png``.
 
+    Both are scored on LR images made with the run's degradation (``config.degradation``).
+
     Args:
         model: the trained model (any device).
         config: its training configuration.
@@ -571,8 +606,9 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
 
     Returns:
         The dictionary written to ``metrics.json``: ``{"model", "scale", "steps",
-        "parameters", "train_seconds", "datasets": {name: {"model": {psnr, ssim,
-        images}, "bicubic": {...}, "gain_db": float}}}``.
+        "parameters", "train_seconds", "degradation" (its key: "bicubic", "bd",
+        "dn_s15"), "datasets": {name: {"model": {psnr, ssim, images}, "bicubic":
+        {...}, "gain_db": float}}}``.
     """
     from .data import BenchmarkDataset, to_float, to_uint8
     from .evaluate import evaluate, super_resolve
@@ -580,10 +616,12 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
     from .viz import comparison_figure, pick_crop, save_figure
 
     device = next(model.parameters()).device
+    degradation = config.degradation_spec()
     bicubic = build_model("bicubic", config.scale)
     ours = evaluate(model, list(config.final_sets), config.scale, roots=config.data_roots, device=device,
-                    progress=progress, tile=config.val_tile)
-    base = evaluate(bicubic, list(config.final_sets), config.scale, roots=config.data_roots, progress=progress)
+                    progress=progress, tile=config.val_tile, degradation=degradation)
+    base = evaluate(bicubic, list(config.final_sets), config.scale, roots=config.data_roots, progress=progress,
+                    degradation=degradation)
     datasets = {
         name: {"model": ours[name], "bicubic": base[name], "gain_db": ours[name]["psnr"] - base[name]["psnr"]}
         for name in config.final_sets
@@ -595,13 +633,15 @@ def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, tra
         "steps": config.steps,
         "parameters": count_parameters(model),
         "train_seconds": round(train_seconds, 1),
+        "degradation": degradation.key,
         "datasets": datasets,
     }
     with atomic_write(out / "metrics.json", "w") as handle:
         handle.write(json.dumps(metrics, indent=2) + "\n")
 
     # A zoomed comparison on the first image of the first final set.
-    sample = BenchmarkDataset(config.final_sets[0], config.scale, roots=config.data_roots, max_images=1)[0]
+    sample = BenchmarkDataset(config.final_sets[0], config.scale, roots=config.data_roots, max_images=1,
+                              degradation=degradation)[0]
     lr = to_float(sample["lr"])[None]
     images = {"HR": sample["hr"]}
     for name, net, on in (("bicubic", bicubic, torch.device("cpu")), (config.model, model, device)):

@@ -250,3 +250,84 @@ def test_bad_model_or_plugin_is_one_clear_error(tmp_path, capsys, fresh_process)
     err = capsys.readouterr().err
     assert err.startswith("error:") and "broken.py failed to import (RuntimeError: not finished)" in err
     assert not (tmp_path / "o.png").exists()
+
+
+# -- degradations (BD, DN) -------------------------------------------------------------------------
+
+
+def test_eval_bd_reproduces_dlsn_table_4_bicubic_row_on_set5(tmp_path):
+    out = tmp_path / "bd.json"
+    assert main(["eval", "--model", "bicubic", "--scale", "3", "--degradation", "bd", "--dataset", "Set5",
+                 "--json", str(out), "--no-progress"]) == 0
+    scores = json.loads(out.read_text())["Set5"]
+    assert abs(scores["psnr"] - 28.78) <= 0.02 and abs(scores["ssim"] - 0.8308) <= 0.001, scores
+
+
+def test_eval_and_train_parse_the_degradation_flags():
+    from srlib.cli import _degradation, build_parser, train_config_from_args
+    from srlib.data.degrade import Degradation
+
+    parser = build_parser()
+    base = ["eval", "--model", "bicubic", "--scale", "3", "--dataset", "Set5"]
+    args = parser.parse_args(base)
+    assert args.degradation == "bicubic" and args.noise is None and _degradation(args) == Degradation("bicubic")
+    args = parser.parse_args([*base, "--degradation", "dn", "--noise", "15"])
+    assert args.degradation == "dn" and args.noise == 15.0 and _degradation(args).key == "dn_s15"
+    assert _degradation(parser.parse_args([*base, "--degradation", "bd"])) == Degradation("bd")
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--degradation", "gaussian"])
+
+    train = ["train", "--preset", "smoke", "--out", "unused"]
+    config = train_config_from_args(parser.parse_args(train))
+    assert (config.degradation, config.noise_sigma) == ("bicubic", None)
+    config = train_config_from_args(parser.parse_args([*train, "--scale", "3", "--degradation", "bd"]))
+    assert (config.degradation, config.noise_sigma) == ("bd", None) and config.to_dict()["degradation"] == "bd"
+    config = train_config_from_args(parser.parse_args([*train, "--degradation", "dn", "--noise", "10"]))
+    assert (config.degradation, config.noise_sigma) == ("dn", 10.0)
+    assert config.degradation_spec() == Degradation("dn", 10.0)
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+@pytest.mark.parametrize("flags,expected", [
+    (["--scale", "2", "--degradation", "bd"], ["x3 only", "x2"]),
+    (["--scale", "3", "--degradation", "dn", "--noise", "-1"], ["--noise", "-1"]),
+    (["--scale", "3", "--degradation", "dn"], ["--noise SIGMA"]),
+    (["--scale", "3", "--noise", "5"], ["--noise 5", "--degradation dn"]),
+])
+def test_bad_degradation_flags_are_one_clear_error(tmp_path, capsys, command, flags, expected):
+    if command == "eval":
+        argv = ["eval", "--model", "bicubic", "--dataset", "Set5", "--no-progress", *flags]
+    else:
+        argv = ["train", "--preset", "smoke", "--out", str(tmp_path / "run"), "--no-progress", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    assert all(word in err for word in expected), err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_degradation_is_in_the_config_but_not_in_the_architecture(tmp_path):
+    from srlib.train import (
+        TrainConfig,
+        TrainingError,
+        _check_resume_compatible,
+        preset_config,
+        same_training_config,
+    )
+
+    bicubic = preset_config("smoke", scale=3)
+    blurred = preset_config("smoke", scale=3, degradation="bd")
+    old = bicubic.to_dict()
+    del old["degradation"], old["noise_sigma"]  # a configuration saved before the fields existed
+    assert TrainConfig.from_dict(old) == bicubic
+    assert same_training_config(old, bicubic) and not same_training_config(old, blurred)
+    assert not same_training_config(preset_config("smoke", degradation="dn", noise_sigma=10).to_dict(),
+                                    preset_config("smoke", degradation="dn", noise_sigma=15))
+    _check_resume_compatible(old, bicubic, tmp_path / "checkpoint.pt")
+    _check_resume_compatible(blurred.to_dict(), blurred, tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="degradation='bd'.*degradation='bicubic'"):
+        _check_resume_compatible(blurred.to_dict(), bicubic, tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="noise_sigma=10.0.*noise_sigma=15"):
+        _check_resume_compatible(preset_config("smoke", degradation="dn", noise_sigma=10.0).to_dict(),
+                                 preset_config("smoke", degradation="dn", noise_sigma=15.0),
+                                 tmp_path / "checkpoint.pt")

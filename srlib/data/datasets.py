@@ -3,6 +3,9 @@
 * :class:`BenchmarkDataset` gives each image of a benchmark set (Set5, B100,
   ...) as an (HR, LR) pair of uint8 tensors, the HR image cropped to a
   multiple of the scale, exactly what the evaluation protocol compares.
+  The LR image is the bicubic one unless another degradation is asked for
+  (``degradation="bd"`` or ``Degradation("dn", noise_sigma=15)``, see
+  :mod:`srlib.data.degrade`); so are the training patches.
 * :class:`TrainPatchDataset` preloads training images and draws aligned
   (LR, HR) patches with flips and transposes, the EDSR recipe.  Every random
   choice comes from a ``torch.Generator`` seeded from ``(seed, epoch, index)``,
@@ -21,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .degrade import LRCache, _check_scale, make_lr_pair
+from .degrade import Degradation, LRCache, _check_scale, as_degradation, make_lr_pair
 from .io import ImageReadError, to_float
 from .locate import RootsLike, find_dataset, list_images
 from .registry import get_dataset_info
@@ -68,22 +71,26 @@ class BenchmarkDataset(Dataset):
             :class:`LRCache` instance.
         max_images: keep only the first ``max_images`` images (sorted by file
             name), for quick runs.
+        degradation: how the LR images are made: a :class:`srlib.data.degrade.Degradation`
+            or its key, ``"bicubic"`` (default), ``"bd"`` (x3 only) or ``"dn_s15"``.
 
     Item ``i`` is a dict:
 
     * ``"name"``: file stem (``"baby"``);
     * ``"hr"``: uint8 RGB ``(3, s*h, s*w)``, 0..255, cropped to a multiple of ``s``;
-    * ``"lr"``: uint8 RGB ``(3, h, w)``, the bicubic LR image.
+    * ``"lr"``: uint8 RGB ``(3, h, w)``, the LR image made with ``degradation``.
 
     Images differ in size, so use ``batch_size=1`` with a DataLoader (or
     iterate the dataset directly).
 
     Attributes:
-        name, scale, folder (the HR folder), paths (the image files used).
+        name, scale, degradation (a ``Degradation``), folder (the HR folder),
+        paths (the image files used).
 
     Raises:
         DatasetNotFoundError: the set is not found (see :func:`find_dataset`).
-        ValueError: bad scale or max_images; no image left.
+        ValueError: bad scale or max_images; a degradation unknown or not
+            defined at this scale; no image left.
         ImageReadError: an image header cannot be read.
 
     Warns:
@@ -97,8 +104,11 @@ class BenchmarkDataset(Dataset):
         roots: RootsLike = None,
         cache: bool | LRCache = True,
         max_images: int | None = None,
+        degradation: str | Degradation = "bicubic",
     ):
         self.scale = _check_scale(scale, 2)
+        self.degradation = as_degradation(degradation)
+        self.degradation.check_scale(scale)
         max_images = _check_max_images(max_images)
         self.folder = find_dataset(name, roots)
         try:
@@ -132,11 +142,12 @@ class BenchmarkDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
-        hr, lr = make_lr_pair(path, self.scale, "bicubic", self.cache)
+        hr, lr = make_lr_pair(path, self.scale, self.degradation, self.cache)
         return {"name": path.stem, "hr": hr, "lr": lr}
 
     def __repr__(self) -> str:
-        return f"BenchmarkDataset(name={self.name!r}, scale={self.scale}, images={len(self)}, folder={str(self.folder)!r})"
+        return (f"BenchmarkDataset(name={self.name!r}, scale={self.scale}, degradation={self.degradation.key!r}, "
+                f"images={len(self)}, folder={str(self.folder)!r})")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -181,6 +192,8 @@ class TrainPatchDataset(Dataset):
         max_images: use only the first ``max_images`` images of each dataset.
         progress: show a bar while the images load (``None``: only on a terminal or in a
             notebook, tqdm's default).
+        degradation: how the LR images are made, as in :class:`BenchmarkDataset`
+            (default ``"bicubic"``; DN noise is fixed per image, not redrawn per patch).
 
     Item ``i`` is ``(lr, hr)``: float32 RGB in [0, 1], shapes ``(3, p, p)`` and
     ``(3, scale*p, scale*p)``.
@@ -206,11 +219,14 @@ class TrainPatchDataset(Dataset):
         cache: bool | LRCache = True,
         max_images: int | None = None,
         progress: bool | None = None,
+        degradation: str | Degradation = "bicubic",
     ):
         self.names = (names,) if isinstance(names, str) else tuple(names)
         if not self.names:
             raise ValueError("names must list at least one dataset, e.g. ('T91',)")
         self.scale = _check_scale(scale, 2)
+        self.degradation = as_degradation(degradation)
+        self.degradation.check_scale(scale)
         for label, value in (("lr_patch", lr_patch), ("samples_per_epoch", samples_per_epoch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -239,7 +255,7 @@ class TrainPatchDataset(Dataset):
         smallest: tuple[int, int] | None = None
         for path in tqdm(paths, desc="loading training images", unit="img", leave=False,
                          disable=None if progress is None else not progress):
-            hr, lr = make_lr_pair(path, scale, "bicubic", cache_obj)
+            hr, lr = make_lr_pair(path, scale, self.degradation, cache_obj)
             height, width = lr.shape[-2:]
             if smallest is None or height * width < smallest[0] * smallest[1]:
                 smallest = (height, width)
@@ -301,7 +317,8 @@ class TrainPatchDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"TrainPatchDataset(names={self.names}, scale={self.scale}, lr_patch={self.lr_patch}, "
+            f"TrainPatchDataset(names={self.names}, scale={self.scale}, degradation={self.degradation.key!r}, "
+            f"lr_patch={self.lr_patch}, "
             f"images={len(self.hr_images)}, samples_per_epoch={self.samples_per_epoch}, "
             f"augment={self.augment}, seed={self.seed}, epoch={self.epoch})"
         )
