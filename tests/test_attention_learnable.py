@@ -107,14 +107,15 @@ def test_bad_options_get_one_clear_error():
 
 
 def test_layers_follow_the_official_sizes():
-    """DLSN's GLA at 64 channels, chunk 128: 3x3 embeddings 64 -> 16, 64, 64 with ReLU; fc 64 -> 128 -> 128."""
-    module = GlobalLearnableAttention(64, learned_score="official")
-    assert module.query_key_embed[0].weight.shape == (16, 64, 3, 3)
-    assert module.value_embed[0].weight.shape == (64, 64, 3, 3)
-    assert module.learned_embed[0].weight.shape == (64, 64, 3, 3)
+    """DLSN's GLA at 256 channels, chunk 128: 3x3 embeddings 256 -> 64, 256, 256 with ReLU; fc 256 -> 128 -> 128."""
+    module = GlobalLearnableAttention(256, learned_score="official")
+    assert module.query_key_embed[0].weight.shape == (64, 256, 3, 3)
+    assert module.value_embed[0].weight.shape == (256, 256, 3, 3)
+    assert module.learned_embed[0].weight.shape == (256, 256, 3, 3)
     assert isinstance(module.value_embed[1], torch.nn.ReLU)
-    assert [tuple(layer.weight.shape) for layer in module.learned_scorer[::2]] == [(128, 64), (128, 128)]
-    official = 16 * 64 * 9 + 16 + 2 * (64 * 64 * 9 + 64) + 64 * 128 + 128 + 128 * 128 + 128  # counted from GLA.__init__
-    assert sum(p.numel() for p in module.parameters()) == official
-    paper = GlobalLearnableAttention(64)
-    assert [tuple(layer.weight.shape) for layer in paper.learned_scorer[::2]] == [(384, 64), (384, 384)]
+    assert [tuple(layer.weight.shape) for layer in module.learned_scorer[::2]] == [(128, 256), (128, 128)]
+    # counted from the official GLA.__init__ (conv_match, conv_assembly, conv_assembly_fc, fc)
+    official = 64 * 256 * 9 + 64 + 2 * (256 * 256 * 9 + 256) + 256 * 128 + 128 + 128 * 128 + 128
+    assert sum(p.numel() for p in module.parameters()) == official == 1_377_088
+    paper = GlobalLearnableAttention(256)
+    assert [tuple(layer.weight.shape) for layer in paper.learned_scorer[::2]] == [(384, 256), (384, 384)]

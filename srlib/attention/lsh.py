@@ -469,9 +469,10 @@ def superbit_projections(
       ``b > D`` ``orthogonal_`` orthonormalises the ``D`` *rows* instead, so
       ``M^T M`` is not the identity, the ``b`` directions have squared norms
       that sum to ``D`` (not 1 each) and the argmax favours the longer ones.
-      The DLSN setting is ``D = 64 / 4 = 16`` channels while the bucket rule
-      gives ``b = 18`` on a 48x48 training patch, so the released model
-      trains in this regime.
+      The released DLSN hashes ``D = 256 / 4 = 64`` channels; the bucket rule
+      gives ``b = 18`` on its 48x48 LR training patches and reaches ``b > 64``
+      only on maps of more than ``65 * 128`` positions (large test images),
+      while a compact model with few channels is in this regime already in training.
 
     All three orthonormalise with :func:`orthonormalize_columns` (Gram-Schmidt
     computed as QR).  The Gaussian draw is the same for every mode - float32

@@ -9,23 +9,23 @@ Registered here:
 * ``bicubic`` (:mod:`srlib.models.bicubic`) - MATLAB bicubic, no parameters, any scale >= 2;
 * ``edsr_baseline`` (:mod:`srlib.models.edsr`) - EDSR-baseline (Lim et al. 2017), x2/x3/x4;
 * ``csnln`` (:mod:`srlib.models.csnln`) - CSNLN, cross-scale non-local attention (Mei et al. 2020), x2/x3/x4;
-* ``nlsn`` (:mod:`srlib.models.nlsn`) - NLSN, EDSR with non-local sparse attention (Mei et al. 2021), x2/x3/x4.
+* ``nlsn`` (:mod:`srlib.models.nlsn`) - NLSN, EDSR with non-local sparse attention (Mei et al. 2021), x2/x3/x4;
+* ``dlsn`` (:mod:`srlib.models.dlsn`) - DLSN, residual modules with global learnable attention (Su et al.), x2/x3/x4.
 
 Shared layers (``conv3x3``, ``MeanShift``, ``ResidualBlock``, ``Upsampler``,
 ``ResidualAttention``) are in :mod:`srlib.models.blocks`.  The attention slots of
 ``csnln`` and ``nlsn`` take any registered attention of the kind they need
 (``srlib.attention.available_attention(kind)``).
 
-A new model module registers itself with ``@register_model("name", presets=...)``
-and is imported below so that importing :mod:`srlib.models` makes it available
-(or lives in a plugin file: ``srlib train --plugin FILE.py``).
+A new model module registers itself with ``@register_model("name", presets=...)``;
+every public module of this package is imported at the end of this file, so a
+new file here needs no edit elsewhere (or it lives in a plugin file:
+``srlib train --plugin FILE.py``).
 """
 
-# Importing the model modules registers their builders.
-from srlib.models import bicubic as _bicubic  # noqa: F401
-from srlib.models import csnln as _csnln  # noqa: F401
-from srlib.models import edsr as _edsr  # noqa: F401
-from srlib.models import nlsn as _nlsn  # noqa: F401
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from srlib.models.profile import (
     count_flops,
     count_parameters,
@@ -57,3 +57,8 @@ __all__ = [
     "model_summary",
     "model_device",
 ]
+
+# Register every model of the package: import each public module (a new file needs no edit here).
+for _module in _pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_module.name}")
