@@ -50,10 +50,10 @@ def _roots(args) -> list[str] | None:
     return roots
 
 
-def _add_degradation(p: argparse.ArgumentParser, default: str | None) -> None:
+def _add_degradation(p: argparse.ArgumentParser, default: str | None, default_text: str = "bicubic") -> None:
     p.add_argument("--degradation", choices=["bicubic", "bd", "dn"], default=default,
-                   help="how LR images are made: bicubic (default), bd = Gaussian blur sigma 1.6 then "
-                        "one pixel per block (x3 only), dn = bicubic plus Gaussian noise (needs --noise)")
+                   help=f"how LR images are made (default: {default_text}): bicubic, bd = Gaussian blur sigma 1.6 "
+                        "then one pixel per block (x3 only), dn = bicubic plus Gaussian noise (needs --noise)")
     p.add_argument("--noise", type=float, default=None, metavar="SIGMA",
                    help="DN noise standard deviation on the 0-255 scale (>= 0), with --degradation dn")
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images of each set")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_degradation(p, default="bicubic")
+    _add_degradation(p, default=None, default_text="the one a --checkpoint was trained with, else bicubic")
     _add_data_root(p)
     _add_plugin(p)
 
@@ -258,6 +258,14 @@ def _plugins(args) -> list[str]:
     return load_plugins([*plugins_from_environment(), *(args.plugin or [])])
 
 
+def _checkpoint_degradation(path) -> tuple[str, float | None]:
+    """The degradation a checkpoint's training run used (``config``), ``("bicubic", None)`` when it records none."""
+    from .checkpoint import load_checkpoint
+
+    config = load_checkpoint(path).get("config") or {}
+    return config.get("degradation") or "bicubic", config.get("noise_sigma")
+
+
 def _load_model(args, device):
     from .checkpoint import model_from_checkpoint
     from .models import build_model
@@ -306,6 +314,8 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .utils import pick_device
 
+    if args.degradation is None and args.noise is None and args.checkpoint:
+        args.degradation, args.noise = _checkpoint_degradation(args.checkpoint)  # the one the model was trained on
     degradation = _degradation(args)
     degradation.check_scale(args.scale)  # before loading anything
     device = pick_device(args.device)

@@ -270,7 +270,7 @@ def test_eval_and_train_parse_the_degradation_flags():
     parser = build_parser()
     base = ["eval", "--model", "bicubic", "--scale", "3", "--dataset", "Set5"]
     args = parser.parse_args(base)
-    assert args.degradation == "bicubic" and args.noise is None and _degradation(args) == Degradation("bicubic")
+    assert args.degradation is None and args.noise is None and _degradation(args) == Degradation("bicubic")
     args = parser.parse_args([*base, "--degradation", "dn", "--noise", "15"])
     assert args.degradation == "dn" and args.noise == 15.0 and _degradation(args).key == "dn_s15"
     assert _degradation(parser.parse_args([*base, "--degradation", "bd"])) == Degradation("bd")
@@ -285,6 +285,21 @@ def test_eval_and_train_parse_the_degradation_flags():
     config = train_config_from_args(parser.parse_args([*train, "--degradation", "dn", "--noise", "10"]))
     assert (config.degradation, config.noise_sigma) == ("dn", 10.0)
     assert config.degradation_spec() == Degradation("dn", 10.0)
+
+
+def test_eval_of_a_checkpoint_defaults_to_the_degradation_it_was_trained_with(tmp_path):
+    """A BD-trained checkpoint is scored on BD input unless --degradation says otherwise."""
+    from srlib.checkpoint import checkpoint_payload, save_checkpoint
+    from srlib.cli import _checkpoint_degradation
+    from srlib.models import build_model
+    from srlib.train import preset_config
+
+    model = build_model("edsr_baseline", 3, n_feats=8, n_blocks=1)
+    config = preset_config("smoke", scale=3, degradation="bd").to_dict()
+    path = save_checkpoint(tmp_path / "bd.pt", checkpoint_payload(model, config=config))
+    assert _checkpoint_degradation(path) == ("bd", None)
+    plain = save_checkpoint(tmp_path / "plain.pt", checkpoint_payload(model))
+    assert _checkpoint_degradation(plain) == ("bicubic", None)
 
 
 @pytest.mark.parametrize("command", ["eval", "train"])

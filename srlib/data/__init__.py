@@ -10,19 +10,27 @@ Modules:
 * :mod:`srlib.data.locate` - :func:`data_roots`, :func:`find_dataset`,
   :func:`list_images`, :func:`dataset_report`;
 * :mod:`srlib.data.download` - :func:`download_dataset` (verified, atomic);
-* :mod:`srlib.data.degrade` - :func:`crop_to_multiple`, :func:`bicubic_degrade`,
-  :class:`LRCache`;
+* :mod:`srlib.data.degrade` - :func:`crop_to_multiple`, the degradations
+  :func:`bicubic_degrade`, :func:`bd_degrade` (blur-downscale), :func:`dn_degrade`
+  (noise) named by a :class:`Degradation`, and :class:`LRCache`;
 * :mod:`srlib.data.datasets` - :class:`BenchmarkDataset`, :class:`TrainPatchDataset`.
 """
 
 from .datasets import BenchmarkDataset, TrainPatchDataset, sample_seed
 from .degrade import (
+    BD_SIGMA,
     CACHE_VERSION,
     DEGRADATIONS,
     CacheWarning,
+    Degradation,
     LRCache,
+    as_degradation,
+    bd_degrade,
+    bd_kernel,
     bicubic_degrade,
     crop_to_multiple,
+    dn_degrade,
+    dn_seed,
     default_cache_dir,
     make_lr_pair,
 )
@@ -86,9 +94,16 @@ __all__ = [
     "DownloadError",
     "UnsafeArchiveError",
     # degrade
+    "BD_SIGMA",
     "CACHE_VERSION",
     "DEGRADATIONS",
     "CacheWarning",
+    "Degradation",
+    "as_degradation",
+    "bd_degrade",
+    "bd_kernel",
+    "dn_degrade",
+    "dn_seed",
     "crop_to_multiple",
     "bicubic_degrade",
     "default_cache_dir",
