@@ -66,7 +66,7 @@ def test_every_mechanism_of_the_course_is_registered():
     expected = {
         "non_local": "in_scale", "region_non_local": "in_scale", "cross_scale_naive": "in_scale",
         "cross_scale_pixel": "cross_scale", "cross_scale": "cross_scale", "nlsa": "in_scale",
-        "nlsa_dense": "in_scale",
+        "nlsa_dense": "in_scale", "gla": "in_scale", "multi_reference": "reference",
     }
     assert {k: kinds.get(k) for k in expected} == expected
 

@@ -77,3 +77,20 @@ def test_shipped_record_is_what_its_command_trains(path, scratch_registries, mon
     assert record["step"] == record["config"]["steps"] == record["metrics"]["steps"]
     assert set(record["metrics"]["datasets"]) == set(record["config"]["final_sets"])
     assert len(record["history"]["step"]) == len(record["history"]["loss"]) > 0
+
+
+RUN_CHECKPOINTS = sorted((ROOT / "data" / "checkpoints" / "runs").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("path", RUN_CHECKPOINTS, ids=[f"{p.parent.name}/{p.stem}" for p in RUN_CHECKPOINTS])
+def test_shipped_run_checkpoint_is_the_run_its_record_describes(path):
+    """A checkpoint kept beside a run record is slim, under 5 MB, and holds that run's configuration and steps."""
+    from srlib.checkpoint import load_checkpoint, model_from_checkpoint
+
+    assert path.stat().st_size < 5 * 1000**2
+    record = load_run_record(path.with_suffix(".json"))
+    payload = load_checkpoint(path)  # weights_only=True inside
+    assert "optimizer_state" not in payload
+    assert payload["config"] == record["config"] and payload["step"] == record["step"]
+    assert payload["model_name"] == record["config"]["model"]
+    model_from_checkpoint(payload, expected_model=record["config"]["model"], expected_scale=record["config"]["scale"])

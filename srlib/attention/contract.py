@@ -156,17 +156,27 @@ def _expect_value_error(call: Callable[[], Any], words: tuple[str, ...], what: s
 
 
 def check_bad_input(subject: ContractSubject) -> None:
-    """Wrong shape, channels, dtype or device each raise one ValueError naming the problem."""
+    """Wrong shape, channels, dtype or device each raise one ValueError naming the problem.
+
+    A module without parameters has no dtype or device of its own and accepts any
+    float input (see :func:`srlib.attention._common.check_feature_map`), so for it
+    only the shape, channel and integer cases apply.
+    """
     module = subject.build(dtype=torch.float32)
     x, refs = subject.inputs(torch.float32)
     n, c, h, w = x.shape
     cases = [
         (lambda: subject.run(module, x[0], refs), ("shape", "(n,", "feature map"), "a 3-D input"),
         (lambda: subject.run(module, torch.zeros(n, c + 1, h, w), refs), ("channel", "shape", f"{c}"), "wrong channels"),
-        (lambda: subject.run(module, x.double(), refs and [r.double() for r in refs]), ("dtype", "float64"), "a float64 input"),
-        (lambda: subject.run(module, x.to("meta"), refs and [r.to("meta") for r in refs]), ("device", "meta"), "an input on another device"),
         (lambda: subject.run(module, x.to(torch.int64), refs), ("float", "dtype", "int64"), "an integer input"),
     ]
+    if next(module.parameters(), None) is not None:
+        cases += [
+            (lambda: subject.run(module, x.double(), refs and [r.double() for r in refs]), ("dtype", "float64"),
+             "a float64 input"),
+            (lambda: subject.run(module, x.to("meta"), refs and [r.to("meta") for r in refs]), ("device", "meta"),
+             "an input on another device"),
+        ]
     for call, words, what in cases:
         _expect_value_error(call, words, what)
 

@@ -35,13 +35,17 @@ Functional loop versions (already-embedded maps):
 * :func:`gram_schmidt_loops`, :func:`superbit_projections_loops`,
   :func:`superbit_codes_loops` (super-bit LSH, DLSN Algorithm 1 lines 5-8),
   :func:`learned_scorer_loops` (eq. 11), :func:`learnable_attention_loops`
-  (DLSN's global learnable attention, eq. 9-18).
+  (DLSN's global learnable attention, eq. 9-18);
+* :func:`input_attention_loops`, :func:`multi_reference_match_loops` (AMRSR's
+  INPUTATT and REFATT, Algorithm 1), :func:`transfer_patches_loops` (SRNTT's
+  texture swap with overlap averaging).
 
 Module-level loop versions, ``fn(module, x) -> out`` with the module's own
 weights (the ``loops=`` of the registry; equal to ``module(x)`` in eval mode):
 :func:`non_local_loops`, :func:`region_non_local_loops`,
 :func:`naive_cross_scale_loops`, :func:`pixel_cross_scale_loops`,
-:func:`cross_scale_loops`, :func:`nlsa_loops`, :func:`nlsa_dense_loops`, :func:`gla_loops`.
+:func:`cross_scale_loops`, :func:`nlsa_loops`, :func:`nlsa_dense_loops`, :func:`gla_loops`,
+:func:`multi_reference_loops` (``fn(module, x, references)``).
 
 Sources: Y. Mei, Y. Fan, Y. Zhou, L. Huang, T. S. Huang, H. Shi, "Image
 Super-Resolution with Cross-Scale Non-Local Attention and Exhaustive
@@ -76,8 +80,11 @@ __all__ = [
     "embedding_loops",
     "gla_loops",
     "gram_schmidt_loops",
+    "input_attention_loops",
     "learnable_attention_loops",
     "learned_scorer_loops",
+    "multi_reference_loops",
+    "multi_reference_match_loops",
     "naive_cross_scale_eq2_loops",
     "naive_cross_scale_loops",
     "nlsa_dense_loops",
@@ -94,6 +101,7 @@ __all__ = [
     "spherical_codes_loops",
     "superbit_codes_loops",
     "superbit_projections_loops",
+    "transfer_patches_loops",
     "unit_keys_loops",
     "window_loops",
 ]
@@ -1076,3 +1084,193 @@ def gla_loops(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         match, match, value, codes, module.chunk_size, learned=learned, learned_form=module.learned_score,
         fixed_scores=module.fixed_score, round_weighting=module.round_weighting,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-reference attention (AMRSR): INPUTATT, REFATT, texture transfer
+# ----------------------------------------------------------------------------------------------
+
+
+def _patch_vector_loops(feature: torch.Tensor, n: int, i: int, j: int, size: int, padded: bool) -> list[float]:
+    """The ``size x size`` window centred at ``(i, j)`` of image ``n``, channel-major, zeros outside (``padded``)."""
+    radius = size // 2
+    _, channels, height, width = feature.shape
+    vector = []
+    for c in range(channels):
+        for a in range(size):
+            for b in range(size):
+                row, col = i + a - radius, j + b - radius
+                inside = 0 <= row < height and 0 <= col < width
+                if not inside and not padded:
+                    raise ValueError("a reference patch must lie inside the reference")
+                vector.append(float(feature[n, c, row, col]) if inside else 0.0)
+    return vector
+
+
+def _cosine_loops(a: list[float], b: list[float], eps: float = 1e-6) -> float:
+    """``a . b / (max(|a|, eps) max(|b|, eps))``."""
+    norm_a = max(math.sqrt(sum(v * v for v in a)), eps)
+    norm_b = max(math.sqrt(sum(v * v for v in b)), eps)
+    return sum(x * y for x, y in zip(a, b)) / (norm_a * norm_b)
+
+
+def input_attention_loops(query: torch.Tensor, reference: torch.Tensor, patch_size: int, centres=None):
+    """INPUTATT (AMRSR Alg. 1 lines 15-20) by loops: the best reference patch of every input position.
+
+    ``s_k(x, y) = <q(x, y) / |q(x, y)|, P_k / |P_k|>`` over the patches ``P_k``
+    (``p x p``, wholly inside the reference) whose centres are in ``centres``
+    (default: all), the input patches zero-padded; the first maximum wins ties.
+
+    Args:
+        query: ``(N, C, H, W)``; reference: ``(N, C, H_m, W_m)``.
+        patch_size: ``p``.
+        centres: a list of ``(u, v)`` patch centres to search (one part), in order.
+
+    Returns:
+        ``(best, similarity)``: ``best[n][x][y] = (u, v)``, ``similarity[n][x][y]`` the cosine (nested lists).
+    """
+    query, reference = _float64(query), _float64(reference)
+    radius = patch_size // 2
+    n_images, _, height, width = query.shape
+    if centres is None:
+        centres = [(u, v) for u in range(radius, reference.shape[2] - radius)
+                   for v in range(radius, reference.shape[3] - radius)]
+    best = [[[None] * width for _ in range(height)] for _ in range(n_images)]
+    similarity = [[[None] * width for _ in range(height)] for _ in range(n_images)]
+    for n in range(n_images):
+        patches = [_patch_vector_loops(reference, n, u, v, patch_size, padded=False) for u, v in centres]
+        for x in range(height):
+            for y in range(width):
+                q = _patch_vector_loops(query, n, x, y, patch_size, padded=True)
+                scores = [_cosine_loops(q, p) for p in patches]  # line 16
+                k = max(range(len(scores)), key=lambda t, scores=scores: (scores[t], -t))  # line 18
+                best[n][x][y], similarity[n][x][y] = centres[k], scores[k]
+    return best, similarity
+
+
+def multi_reference_match_loops(query, references, patch_size=3, n_subvectors=1, reference_parts=1):
+    """AMRSR's hierarchy by loops: INPUTATT per part of each reference, then REFATT per sub-vector (Alg. 1 lines 5-12).
+
+    For every reference ``m`` and part ``r`` (patch centres in one cell of
+    :func:`srlib.attention.multi_reference.part_grid`), INPUTATT gives each input
+    position its best patch; REFATT then picks, for sub-vector ``j`` (the ``j``-th
+    group of ``C / N_C`` channels), the candidate whose patch's sub-vector ``j`` has
+    the highest cosine with the input patch's sub-vector ``j`` - first over the
+    parts of ``m`` (line 9), then over the references (line 12).
+
+    Returns:
+        ``choice[n][j][x][y] = (m, u, v)`` and ``similarity[n][j][x][y]`` (nested lists).
+    """
+    from srlib.attention.multi_reference import part_grid
+
+    radius = patch_size // 2
+    query = _float64(query)
+    references = [_float64(r) for r in references]
+    n_images, channels, height, width = query.shape
+    group = channels * patch_size * patch_size // n_subvectors  # numbers per sub-vector of a patch
+    per_reference = []  # [m] -> choice[n][j][x][y] = (u, v), score
+    for m, reference in enumerate(references):
+        cells = part_grid(reference.shape[2] - 2 * radius, reference.shape[3] - 2 * radius, reference_parts)
+        candidates = []  # [r] -> best[n][x][y] (u, v), from INPUTATT on part r
+        for top, bottom, left, right in cells:
+            centres = [(u + radius, v + radius) for u in range(top, bottom) for v in range(left, right)]
+            candidates.append(input_attention_loops(query, reference, patch_size, centres)[0])
+        chosen = [[[[None] * width for _ in range(height)] for _ in range(n_subvectors)] for _ in range(n_images)]
+        for n in range(n_images):
+            for x in range(height):
+                for y in range(width):
+                    q = _patch_vector_loops(query, n, x, y, patch_size, padded=True)
+                    for j in range(n_subvectors):
+                        best = None
+                        for candidate in candidates:  # REFATT over the parts of reference m (line 9)
+                            u, v = candidate[n][x][y]
+                            p = _patch_vector_loops(reference, n, u, v, patch_size, padded=False)
+                            score = _cosine_loops(q[j * group:(j + 1) * group], p[j * group:(j + 1) * group])
+                            if best is None or score > best[1]:
+                                best = ((u, v), score)
+                        chosen[n][j][x][y] = best
+        per_reference.append(chosen)
+    choice = [[[[None] * width for _ in range(height)] for _ in range(n_subvectors)] for _ in range(n_images)]
+    similarity = [[[[None] * width for _ in range(height)] for _ in range(n_subvectors)] for _ in range(n_images)]
+    for n in range(n_images):
+        for j in range(n_subvectors):
+            for x in range(height):
+                for y in range(width):
+                    best_m = max(range(len(references)),  # REFATT over the references (line 12), first wins ties
+                                 key=lambda m, n=n, j=j, x=x, y=y: (per_reference[m][n][j][x][y][1], -m))
+                    (u, v), score = per_reference[best_m][n][j][x][y]
+                    choice[n][j][x][y], similarity[n][j][x][y] = (best_m, u, v), score
+    return choice, similarity
+
+
+def transfer_patches_loops(choice, values, patch_size: int, stride: int = 1) -> torch.Tensor:
+    """Texture transfer by loops: paste each chosen ``(p s) x (p s)`` window and divide by the overlap count.
+
+    Output pixel ``(a, b)`` is the mean, over the input positions ``(x, y)`` whose
+    window covers it, of ``values[m][c, (u - p//2) s + (a - (x - p//2) s), (v - p//2) s + (b - (y - p//2) s)]``
+    for ``(m, u, v)`` the choice of ``(x, y)`` (channel group ``j`` from sub-vector ``j``).
+
+    Args:
+        choice: ``choice[n][j][x][y] = (m, u, v)`` (:func:`multi_reference_match_loops`).
+        values: ``N_M`` maps ``(N, C_v, s H_m, s W_m)``.
+        patch_size: ``p``; stride: ``s``.
+
+    Returns:
+        ``(N, C_v, s H, s W)`` float64.
+    """
+    values = [_float64(v) for v in values]
+    n_images, n_subvectors = len(choice), len(choice[0])
+    height, width = len(choice[0][0]), len(choice[0][0][0])
+    c_v = values[0].shape[1]
+    group, window, radius = c_v // n_subvectors, patch_size * stride, patch_size // 2
+    out = torch.zeros(n_images, c_v, stride * height, stride * width, dtype=DTYPE)
+    count = torch.zeros(stride * height, stride * width, dtype=DTYPE)
+    for x in range(height):
+        for y in range(width):
+            for a in range(window):
+                for b in range(window):
+                    row, col = (x - radius) * stride + a, (y - radius) * stride + b
+                    if 0 <= row < stride * height and 0 <= col < stride * width:
+                        count[row, col] += 1
+    for n in range(n_images):
+        for j in range(n_subvectors):
+            for x in range(height):
+                for y in range(width):
+                    m, u, v = choice[n][j][x][y]
+                    for a in range(window):
+                        for b in range(window):
+                            row, col = (x - radius) * stride + a, (y - radius) * stride + b
+                            if 0 <= row < stride * height and 0 <= col < stride * width:
+                                for c in range(j * group, (j + 1) * group):
+                                    out[n, c, row, col] += values[m][n, c, (u - radius) * stride + a,
+                                                                     (v - radius) * stride + b]
+    return out / count
+
+
+def multi_reference_loops(module: nn.Module, x: torch.Tensor, references) -> torch.Tensor:
+    """:class:`~srlib.attention.multi_reference.MultiReferenceAttention` by loops: ``(N, C, H, W)`` float64.
+
+    Embeddings (if any) by :func:`embedding_loops`, the hierarchy by
+    :func:`multi_reference_match_loops`, the paste by :func:`transfer_patches_loops`,
+    then the gate ``W`` = mean over sub-vectors of the chosen similarities.
+    Input parts do not appear: they change what is held in memory, not the answer.
+
+    Source: AMRSR supplement Algorithm 1; SRNTT.
+    """
+    if module.embed:
+        query = embedding_loops(module.query_key_embed, x)
+        keys = [embedding_loops(module.query_key_embed, r) for r in references]
+        values = [embedding_loops(module.value_embed, r) for r in references]
+    else:
+        query, keys, values = _float64(x), [_float64(r) for r in references], [_float64(r) for r in references]
+    choice, similarity = multi_reference_match_loops(
+        query, keys, module.patch_size, module.n_subvectors, module.reference_parts)
+    out = transfer_patches_loops(choice, values, module.patch_size)
+    if module.gate:
+        n_images, n_sub = len(similarity), len(similarity[0])
+        height, width = len(similarity[0][0]), len(similarity[0][0][0])
+        for n in range(n_images):
+            for x in range(height):
+                for y in range(width):
+                    out[n, :, x, y] *= sum(similarity[n][j][x][y] for j in range(n_sub)) / n_sub
+    return out
