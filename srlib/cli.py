@@ -302,6 +302,14 @@ def _cmd_data(args) -> int:
         else:
             print(f"{row['name']:<10} {'-':>7} {row['expected']:>8}  MISSING: srlib data --download {row['name']} --root DIR"
                   f"  ({row['url']})")
+    from .data import REFERENCE_DATASETS, reference_dataset_report
+
+    print(f"\n{'reference-SR set':<18} {'kind':<5} {'found':>9} {'expected':>8}  where")
+    for row in reference_dataset_report(_roots(args)):
+        found = f"{row['count']} {row['unit']}" if row["found"] else "-"
+        where = row["path"] if row["found"] else (f"MISSING (no download): put it in "
+                                                  f"DIR/{REFERENCE_DATASETS[row['name']].folder}, then SRLIB_DATA=DIR")
+        print(f"{row['name']:<18} {row['kind']:<5} {found:>9} {row['expected']:>8}  {where}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     missing = [r["name"] for r in report if not r["found"]]

@@ -72,6 +72,11 @@ def super_resolve(
     it was in, so this is safe to call for validation inside a training loop.
     """
     check_lr_batch(lr)
+    if getattr(model, "model_kind", "single_image") == "reference":
+        raise ValueError(
+            f"{getattr(model, 'model_name', type(model).__name__)} is a reference-based model: call it with its "
+            "references, model(lr, [reference, ...]); super_resolve and srlib eval score single-image models"
+        )
     if tile is not None:
         scale = getattr(model, "scale", None)
         if scale is None:

@@ -376,6 +376,14 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
             f"unknown model {config.model!r}; available models: {', '.join(available_models())} "
             "(a model registered by a plugin needs its file in TrainConfig.plugins / --plugin FILE.py)"
         )
+    from .models import model_kind
+
+    if model_kind(config.model) == "reference":
+        raise TrainingError(
+            f"{config.model!r} is a reference-based model (it takes reference images beside the LR input); "
+            "srlib train trains single-image models only so far: use the srlib.models API with reference "
+            "batches from srlib.data.reference"
+        )
     degradation = config.degradation_spec()
     try:
         degradation.check_scale(config.scale)

@@ -97,7 +97,7 @@ def test_registering_a_taken_name_with_another_builder_fails():
 # --- forward shapes and input checks ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("single_image"))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_shape_on_odd_sizes(name, scale):
     model = tiny_model(name, scale)
@@ -107,7 +107,7 @@ def test_output_shape_on_odd_sizes(name, scale):
     assert sr.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("single_image"))
 @pytest.mark.parametrize("shape", [(3, 8, 8), (1, 1, 8, 8), (1, 4, 8, 8), (1, 1, 3, 8, 8)])
 def test_bad_input_shape_is_reported(name, shape):
     model = tiny_model(name, 2)
@@ -116,7 +116,7 @@ def test_bad_input_shape_is_reported(name, shape):
     assert str(tuple(shape)) in str(info.value)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("single_image"))
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_pixels_are_refused_with_their_count(name, bad):
     lr = torch.rand(1, 3, 8, 8)
@@ -127,7 +127,7 @@ def test_non_finite_pixels_are_refused_with_their_count(name, bad):
     assert "torch.nan_to_num" in str(info.value)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("single_image"))
 def test_every_model_rebuilds_from_its_stamped_options(name):
     model = tiny_model(name, 2)
     assert model.model_name == name and model.scale == 2

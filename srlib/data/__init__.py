@@ -13,7 +13,11 @@ Modules:
 * :mod:`srlib.data.degrade` - :func:`crop_to_multiple`, the degradations
   :func:`bicubic_degrade`, :func:`bd_degrade` (blur-downscale), :func:`dn_degrade`
   (noise) named by a :class:`Degradation`, and :class:`LRCache`;
-* :mod:`srlib.data.datasets` - :class:`BenchmarkDataset`, :class:`TrainPatchDataset`.
+* :mod:`srlib.data.datasets` - :class:`BenchmarkDataset`, :class:`TrainPatchDataset`;
+* :mod:`srlib.data.reference` - reference-based SR: :class:`ReferenceGroupDataset`
+  (HR target, LR input, K references and their matching copies),
+  :class:`ReferencePatchDataset` (seeded multi-view / self-reference training samples),
+  :data:`REFERENCE_DATASETS` (MultiViewRef and the training scenes), :func:`reference_dataset_report`.
 """
 
 from .datasets import BenchmarkDataset, TrainPatchDataset, sample_seed
@@ -61,7 +65,31 @@ from .locate import (
     list_images,
     repository_data_dir,
 )
-from .registry import DATASET_ALIASES, DATASETS, DatasetInfo, get_dataset_info
+from .reference import (
+    SAMPLE_KINDS,
+    TRAIN_SCENES,
+    ReferenceGroup,
+    ReferenceGroupDataset,
+    ReferencePatchDataset,
+    SceneLeakError,
+    find_reference_dataset,
+    held_out_digests,
+    held_out_scenes,
+    list_views,
+    matching_reference,
+    read_groups,
+    reference_dataset_report,
+    self_reference_crop,
+)
+from .registry import (
+    DATASET_ALIASES,
+    DATASETS,
+    REFERENCE_DATASETS,
+    DatasetInfo,
+    ReferenceDatasetInfo,
+    get_dataset_info,
+    get_reference_dataset_info,
+)
 
 __all__ = [
     # io
@@ -77,6 +105,9 @@ __all__ = [
     "DATASETS",
     "DATASET_ALIASES",
     "get_dataset_info",
+    "ReferenceDatasetInfo",
+    "REFERENCE_DATASETS",
+    "get_reference_dataset_info",
     # locate
     "IMAGE_EXTENSIONS",
     "DataRoots",
@@ -113,4 +144,19 @@ __all__ = [
     "BenchmarkDataset",
     "TrainPatchDataset",
     "sample_seed",
+    # reference-based SR
+    "SAMPLE_KINDS",
+    "TRAIN_SCENES",
+    "ReferenceGroup",
+    "ReferenceGroupDataset",
+    "ReferencePatchDataset",
+    "SceneLeakError",
+    "find_reference_dataset",
+    "held_out_digests",
+    "held_out_scenes",
+    "list_views",
+    "matching_reference",
+    "read_groups",
+    "reference_dataset_report",
+    "self_reference_crop",
 ]

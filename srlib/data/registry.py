@@ -11,13 +11,27 @@ Some sets cannot be fetched as a plain archive (Manga109 is given out on
 request under a usage agreement; the original T91 comes inside a RAR file):
 their ``url`` is the page to get them from, and the downloader explains what
 to do instead of downloading.
+
+:data:`REFERENCE_DATASETS` holds the sets for reference-based SR (groups of
+one HR target and its references, and multi-view training scenes); they have
+no download, see :class:`ReferenceDatasetInfo` and :mod:`srlib.data.reference`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARCHIVE_SUFFIXES", "DatasetInfo", "DATASETS", "DATASET_ALIASES", "get_dataset_info", "is_archive_url"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "DATASETS",
+    "DATASET_ALIASES",
+    "REFERENCE_DATASETS",
+    "DatasetInfo",
+    "ReferenceDatasetInfo",
+    "get_dataset_info",
+    "get_reference_dataset_info",
+    "is_archive_url",
+]
 
 #: URL endings recognised as archives the downloader can extract.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -216,3 +230,157 @@ def get_dataset_info(name: str) -> DatasetInfo:
     known = ", ".join(DATASETS)
     aliases = ", ".join(f"{alias} -> {target}" for alias, target in DATASET_ALIASES.items())
     raise ValueError(f"unknown dataset {name!r}; known datasets: {known} (aliases, any case: {aliases})")
+
+
+# ---------------------------------------------------------------------------
+# Reference-based (multi-reference) super-resolution: groups and multi-view scenes
+
+
+@dataclass(frozen=True)
+class ReferenceDatasetInfo:
+    """Facts about one set for reference-based SR (read by :mod:`srlib.data.reference`).
+
+    These sets are not published as archives: they live in a shared data root
+    (``SRLIB_DATA`` / ``--data-root``) under :attr:`folder`, or, for
+    ``MultiViewRef_mini``, in the repository's ``data/``.  So there is no URL
+    and no checksum; ``srlib data`` lists where each one is found.
+
+    Attributes:
+        name: canonical name (``"MultiViewRef"``, ``"castle-P19"``).
+        kind: ``"test"`` (groups to evaluate on, never trained on) or
+            ``"train"`` (a scene a model may train or validate on).
+        layout: ``"cufed5"`` (``GGG_0.png`` target, ``GGG_k.png`` references,
+            k = 1..K) or ``"views"`` (one folder of views of one scene).
+        count: groups (``"cufed5"``) or views (``"views"``) the set should hold.
+        references: references per group (``"cufed5"``), ``None`` for scenes.
+        folder: the folder below a data root (``"refsr/MultiViewRef"``).
+        pattern: glob on file names selecting the views (``"im*.png"`` keeps
+            Middlebury's views and drops its disparity maps); ``"*"``: every image.
+        scenes: the scenes the set shows (a scene set: its own name).
+        description: one line about the content.
+        citation: the work to cite.
+        licence: terms of use, as the source states them.
+    """
+
+    name: str
+    kind: str
+    layout: str
+    count: int
+    references: int | None
+    folder: str
+    pattern: str
+    scenes: tuple[str, ...]
+    description: str
+    citation: str
+    licence: str
+
+
+_STRECHA_CITATION = (
+    "C. Strecha, W. von Hansen, L. Van Gool, P. Fua and U. Thoennessen, \"On benchmarking camera calibration "
+    "and multi-view stereo for high resolution imagery\", CVPR 2008"
+)
+_STRECHA_LICENCE = "Strecha et al. CVPR08 (EPFL/cvlab), redistributed by openMVG/SfM_quality_evaluation; research use"
+_MULTIVIEWREF_SCENES = (
+    "fountain-P11", "Herz-Jesus-P8", "llff_fern", "dinoSparseRing", "templeSparseRing", "sacre_coeur", "NLE_tower",
+)
+_MULTIVIEWREF_CITATION = (
+    "built from: " + _STRECHA_CITATION + "; B. Mildenhall et al., \"Local light field fusion: practical view "
+    "synthesis with prescriptive sampling guidelines\", ACM TOG (SIGGRAPH) 2019; S. M. Seitz, B. Curless, "
+    "J. Diebel, D. Scharstein and R. Szeliski, \"A comparison and evaluation of multi-view stereo reconstruction "
+    "algorithms\", CVPR 2006; Image Matching Challenge 2021 photos (YFCC100M); naver/mast3r sample photos. "
+    "Layout after CUFED5: Z. Zhang, Z. Wang, Z. Lin and H. Qi, \"Image super-resolution by neural texture "
+    "transfer\", CVPR 2019"
+)
+_MULTIVIEWREF_LICENCE = (
+    "per group, see manifest.json: Strecha (research use), LLFF (no licence file in its source repository), "
+    "Middlebury MVS (research use), YFCC100M Creative Commons photos, NLE_tower CC BY-NC-SA 4.0"
+)
+_BUNDLER_CITATION = (
+    "N. Snavely, S. M. Seitz and R. Szeliski, \"Photo tourism: exploring photo collections in 3D\", "
+    "ACM TOG (SIGGRAPH) 2006 (Bundler example data)"
+)
+_MIDDLEBURY_STEREO_CITATION = (
+    "D. Scharstein and R. Szeliski, \"High-accuracy stereo depth maps using structured light\", CVPR 2003"
+)
+
+
+def _scene(name: str, folder: str, views: int, description: str, citation: str, licence: str,
+           pattern: str = "*") -> ReferenceDatasetInfo:
+    return ReferenceDatasetInfo(name=name, kind="train", layout="views", count=views, references=None,
+                                folder=folder, pattern=pattern, scenes=(name,), description=description,
+                                citation=citation, licence=licence)
+
+
+#: Sets for reference-based SR, by name: the ``MultiViewRef`` test groups (and the shipped
+#: ``MultiViewRef_mini``), then the training scenes, disjoint from the test scenes.
+REFERENCE_DATASETS: dict[str, ReferenceDatasetInfo] = {
+    "MultiViewRef": ReferenceDatasetInfo(
+        name="MultiViewRef",
+        kind="test",
+        layout="cufed5",
+        count=18,
+        references=5,
+        folder="refsr/MultiViewRef",
+        pattern="*",
+        scenes=_MULTIVIEWREF_SCENES,
+        description=("18 groups of 1 HR target + 5 references from real multi-view scenes, nearest view first; "
+                     "long side <= 512, sides multiples of 12"),
+        citation=_MULTIVIEWREF_CITATION,
+        licence=_MULTIVIEWREF_LICENCE,
+    ),
+    "MultiViewRef_mini": ReferenceDatasetInfo(
+        name="MultiViewRef_mini",
+        kind="test",
+        layout="cufed5",
+        count=3,
+        references=5,
+        folder="refsr/MultiViewRef_mini",
+        pattern="*",
+        scenes=("fountain-P11", "Herz-Jesus-P8", "llff_fern"),
+        description=("groups 000, 003, 006 of MultiViewRef at half size (PIL Lanczos), shipped in "
+                     "data/refsr/MultiViewRef_mini for the notebook and the tests"),
+        citation=_MULTIVIEWREF_CITATION,
+        licence="Strecha (research use); LLFF (no licence file in its source repository); see its README",
+    ),
+    "castle-P19": _scene("castle-P19", "refsr/train/castle-P19", 19,
+                         "Strecha castle courtyard, 19 views, 504x336", _STRECHA_CITATION, _STRECHA_LICENCE),
+    "entry-P10": _scene("entry-P10", "refsr/train/entry-P10", 10,
+                        "Strecha building entry, 10 views, 504x336", _STRECHA_CITATION, _STRECHA_LICENCE),
+    "ngp_fox": _scene(
+        "ngp_fox", "refsr/train/ngp_fox", 25, "25 views of the instant-ngp fox capture, 288x504",
+        "T. Mueller, A. Evans, C. Schied and A. Keller, \"Instant neural graphics primitives with a "
+        "multiresolution hash encoding\", ACM TOG (SIGGRAPH) 2022 (NVlabs/instant-ngp, data/nerf/fox)",
+        "NVIDIA Source Code License: non-commercial research and evaluation",
+    ),
+    "sceaux_castle": _scene(
+        "sceaux_castle", "multiview/sceaux_castle", 11,
+        "one building from 11 viewpoints, JPEG 2832x2128 (photographs by Pierre Moulon, 2012)",
+        "openMVG sample data (ImageDataset_SceauxCastle), photographs by Pierre Moulon, 2012",
+        "openMVG sample data, research and teaching use",
+    ),
+    "bundler_kermit": _scene("bundler_kermit", "multiview/bundler_kermit", 11,
+                             "an indoor scene from 11 viewpoints, JPEG 640x480", _BUNDLER_CITATION,
+                             "Bundler example data, research use"),
+    "bundler_et": _scene("bundler_et", "multiview/bundler_et", 9,
+                         "an indoor scene from 9 viewpoints, JPEG 640x480", _BUNDLER_CITATION,
+                         "Bundler example data, research use"),
+    "middlebury_cones": _scene("middlebury_cones", "multiview/middlebury_cones", 2,
+                               "Middlebury stereo cones, views im2 and im6 (450x375); disparity maps left out",
+                               _MIDDLEBURY_STEREO_CITATION, "Middlebury stereo data, research use", "im*.png"),
+    "middlebury_teddy": _scene("middlebury_teddy", "multiview/middlebury_teddy", 2,
+                               "Middlebury stereo teddy, views im2 and im6 (450x375); disparity maps left out",
+                               _MIDDLEBURY_STEREO_CITATION, "Middlebury stereo data, research use", "im*.png"),
+}
+
+
+def get_reference_dataset_info(name: str) -> ReferenceDatasetInfo:
+    """Look a reference-SR set or scene up by name, ignoring case (``"multiviewref"``, ``"castle-p19"``).
+
+    Raises:
+        ValueError: unknown name; the message lists the known names.
+    """
+    key = str(name).strip().lower()
+    for canonical, info in REFERENCE_DATASETS.items():
+        if canonical.lower() == key:
+            return info
+    raise ValueError(f"unknown reference-SR set {name!r}; known: {', '.join(REFERENCE_DATASETS)}")

@@ -10,7 +10,9 @@ Registered here:
 * ``edsr_baseline`` (:mod:`srlib.models.edsr`) - EDSR-baseline (Lim et al. 2017), x2/x3/x4;
 * ``csnln`` (:mod:`srlib.models.csnln`) - CSNLN, cross-scale non-local attention (Mei et al. 2020), x2/x3/x4;
 * ``nlsn`` (:mod:`srlib.models.nlsn`) - NLSN, EDSR with non-local sparse attention (Mei et al. 2021), x2/x3/x4;
-* ``dlsn`` (:mod:`srlib.models.dlsn`) - DLSN, residual modules with global learnable attention (Su et al.), x2/x3/x4.
+* ``dlsn`` (:mod:`srlib.models.dlsn`) - DLSN, residual modules with global learnable attention (Su et al.), x2/x3/x4;
+* ``amrsr`` (:mod:`srlib.models.amrsr`) - a compact AMRSR generator with multi-reference attention
+  (Pesavento et al. 2021), x4, a ``"reference"`` model: ``forward(lr, references)``.
 
 Shared layers (``conv3x3``, ``MeanShift``, ``ResidualBlock``, ``Upsampler``,
 ``ResidualAttention``) are in :mod:`srlib.models.blocks`.  The attention slots of
@@ -33,10 +35,12 @@ from srlib.models.profile import (
     model_summary,
 )
 from srlib.models.registry import (
+    MODEL_KINDS,
     available_models,
     build_model,
     check_lr_batch,
     check_scale,
+    model_kind,
     model_options,
     model_presets,
     register_model,
@@ -47,6 +51,8 @@ __all__ = [
     "register_model",
     "build_model",
     "available_models",
+    "MODEL_KINDS",
+    "model_kind",
     "model_options",
     "model_presets",
     "upgrade_checkpoint",

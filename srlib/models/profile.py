@@ -53,7 +53,9 @@ def count_flops(
     """FLOPs of one forward pass on a single ``(1, 3, h, w)`` LR input.
 
     Args:
-        model: a super-resolution model taking float32 ``(N, 3, h, w)``.
+        model: a super-resolution model taking float32 ``(N, 3, h, w)``; a
+            reference model (``model_kind == "reference"``) is given one random
+            reference of the HR size ``(1, 3, s*h, s*w)``.
         lr_size: ``(h, w)`` of the LR input in pixels.
         device: where to run the pass; default: the model's device.  The
             model is not moved: give a device only when the model already is,
@@ -75,8 +77,13 @@ def count_flops(
     was_training = model.training
     model.eval()
     try:
+        inputs = (lr,)
+        if getattr(model, "model_kind", "single_image") == "reference":
+            scale = int(getattr(model, "scale", 1))
+            reference = torch.rand(1, 3, scale * h, scale * w, generator=torch.Generator().manual_seed(0))
+            inputs = (lr, [reference.to(device)])
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(lr)
+            model(*inputs)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

@@ -41,9 +41,11 @@ from torch import nn
 from srlib.registry import Registry
 
 __all__ = [
+    "MODEL_KINDS",
     "register_model",
     "build_model",
     "available_models",
+    "model_kind",
     "model_options",
     "model_presets",
     "upgrade_checkpoint",
@@ -58,11 +60,16 @@ CheckpointUpgrade = Callable[[dict, Mapping[str, torch.Tensor]], tuple[dict, dic
 
 MODELS = Registry("model", "scale")
 
+#: What a model's forward takes: ``"single_image"`` - ``forward(lr)``; ``"reference"`` -
+#: ``forward(lr, references)`` with ``references`` a list of HR reference images ``(N, 3, H_m, W_m)``.
+MODEL_KINDS = ("single_image", "reference")
+
 
 def register_model(
     name: str,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
     upgrade: CheckpointUpgrade | None = None,
+    kind: str = "single_image",
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator that registers a model builder under ``name``.
 
@@ -74,6 +81,8 @@ def register_model(
         upgrade: ``fn(options, state) -> (options, state)`` turning the options
             and ``state_dict`` of a checkpoint written by an older srlib into
             today's (return them unchanged when they are current).
+        kind: ``"single_image"`` (``forward(lr)``) or ``"reference"``
+            (``forward(lr, references)``), :data:`MODEL_KINDS`.
 
     Returns:
         A decorator that stores the builder ``fn(scale, **options) -> nn.Module``
@@ -92,17 +101,37 @@ def register_model(
     """
     if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
         raise ValueError(f"model names must be non-empty strings without spaces, got {name!r}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, MODEL_KINDS))}, got {kind!r}")
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
-        MODELS.register(name, builder, presets={k: dict(v) for k, v in (presets or {}).items()}, upgrade=upgrade)
+        MODELS.register(name, builder, presets={k: dict(v) for k, v in (presets or {}).items()}, upgrade=upgrade,
+                        kind=kind)
         return builder
 
     return decorator
 
 
-def available_models() -> list[str]:
-    """Names of all registered models, sorted alphabetically."""
-    return MODELS.names()
+def available_models(kind: str | None = None) -> list[str]:
+    """Names of the registered models, sorted alphabetically; only those of ``kind`` when given.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, MODEL_KINDS))} or None, got {kind!r}")
+    return [n for n in MODELS.names() if kind is None or MODELS.entry(n).info["kind"] == kind]
+
+
+def model_kind(name: str) -> str:
+    """``"single_image"`` or ``"reference"``: what the forward of model ``name`` takes.
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return MODELS.entry(name).info["kind"]
 
 
 def model_presets(name: str, preset: str) -> dict[str, Any]:
@@ -198,8 +227,10 @@ def build_model(name: str, scale: int, **options: Any) -> nn.Module:
         The model (a fresh ``nn.Module`` on the CPU, in training mode, with the
         default PyTorch initialisation drawn from the global RNG - seed it with
         ``torch.manual_seed`` for repeatable weights).  It carries
-        ``model_name``, ``scale`` and ``options`` (complete, JSON-serialisable).
-        Forward: float32 RGB in [0, 1] ``(N, 3, h, w)`` -> ``(N, 3, scale*h, scale*w)``.
+        ``model_name``, ``model_kind``, ``scale`` and ``options`` (complete,
+        JSON-serialisable).  Forward: float32 RGB in [0, 1] ``(N, 3, h, w)`` ->
+        ``(N, 3, scale*h, scale*w)`` (a ``"reference"`` model also takes its
+        list of references).
 
     Raises:
         ValueError: unknown model name (the message lists the available ones);
@@ -218,6 +249,7 @@ def build_model(name: str, scale: int, **options: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"the builder of {name!r} returned {type(model).__name__}, not an nn.Module")
     model.model_name = name
+    model.model_kind = MODELS.entry(name).info["kind"]
     model.scale = scale
     model.options = dict(full_options)
     return model
