@@ -423,8 +423,9 @@ def _cmd_models(args) -> int:
                 except MemoryError:  # an attention model refusing a map too large for this machine
                     cells.append(f"{'n/a':>{width}}")
             print(f"{name:<15} {scale:>5} {count_parameters(model):>10,}  {'  '.join(cells)}")
-    print("FLOPs of one forward pass, counted by torch.utils.flop_counter (2 per multiply-add); "
-          "n/a: the attention's memory guard refused a map that large on this machine.")
+    print("FLOPs of one forward pass, counted by torch.utils.flop_counter (2 per multiply-add); reference models "
+          "with one reference of the HR size; n/a: the attention's memory guard refused a map that large on this "
+          "machine.")
     return 0
 
 
