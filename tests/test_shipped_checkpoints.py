@@ -21,6 +21,7 @@ SHIPPED = {
     "csnln_x2.pt": ("csnln", 2),
     "edsr_baseline_x2_matched.pt": ("edsr_baseline", 2),
     "nlsn_x2.pt": ("nlsn", 2),
+    "dlsn_x2.pt": ("dlsn", 2),
 }
 
 
@@ -63,7 +64,8 @@ def test_shipped_checkpoint_beats_bicubic_on_a_set5_crop(name):
 
 
 # Outputs of every shipped model on one fixed input, recorded with the srlib that trained them
-# (before the attention registry renamed the attention layers and options); the checkpoints
+# (before the attention registry renamed the attention layers and options; dlsn_x2 when it was
+# trained, after the registry); the checkpoints
 # are loaded through the documented upgrade (srlib.models.csnln.upgrade_csnln_checkpoint,
 # srlib.models.nlsn.upgrade_nlsn_checkpoint) and must give the same outputs.
 RECORDED = Path(__file__).resolve().parent / "data" / "shipped_checkpoint_outputs.pt"
