@@ -119,3 +119,17 @@ def test_layers_follow_the_official_sizes():
     assert sum(p.numel() for p in module.parameters()) == official == 1_377_088
     paper = GlobalLearnableAttention(256)
     assert [tuple(layer.weight.shape) for layer in paper.learned_scorer[::2]] == [(384, 256), (384, 384)]
+
+
+def test_eq_18_is_nan_where_every_score_sum_is_zero_and_logsumexp_is_not():
+    """An all-zero query (as a ReLU embedding can give) has score sums 0 in every round: eq. 18 divides 0 by 0."""
+    from srlib.attention import non_local_sparse_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64).abs() + 0.1  # positive: score sums > 0
+    q[..., 0, 0] = 0.0  # one all-zero query
+    v = torch.randn(1, 3, 4, 4, generator=g, dtype=torch.float64)
+    kwargs = dict(n_rounds=2, chunk_size=4, generator=1, hashing="superbit")
+    eq18 = non_local_sparse_attention(q, q, v, round_weighting="score_sum", **kwargs)
+    assert torch.isnan(eq18[..., 0, 0]).all() and torch.isfinite(eq18[..., 1:, :]).all()
+    assert torch.isfinite(non_local_sparse_attention(q, q, v, **kwargs)).all()

@@ -62,7 +62,9 @@ Round weights (``round_weighting``): ``"logsumexp"`` - the official code,
 Eq. 18 is only a convex weighting when all ``S_r`` have one sign: scores are
 unbounded dot products, and with mixed signs a weight can be negative or
 larger than 1, and near ``sum_r' S_r' = 0`` the output blows up
-(``tests/test_attention_learnable.py`` shows both).
+(``tests/test_attention_learnable.py`` shows both); a query whose scores are
+all exactly 0 (an all-zero query after the ReLU embedding, with no learned
+term) gets 0 / 0 = NaN.  The logsumexp weights have none of these problems.
 
 Residual.  None inside: the model adds ``x + res_scale * GLA(x)``
 (:mod:`srlib.models.dlsn`; the official GLA adds its input with res_scale 1

@@ -346,7 +346,9 @@ def non_local_sparse_attention(
             ``"logsumexp"`` (``softmax_r(lse_r)``) or ``"score_sum"`` (DLSN
             eq. 18: ``w_r = S_r / sum_r' S_r'`` with ``S_r`` the sum of the
             scores a query gave in round ``r``; not a convex weighting when
-            scores are negative).
+            scores are negative, unbounded near ``sum_r' S_r' = 0``, and NaN
+            (0 / 0) at a query whose scores are all 0 in every round, e.g. an
+            all-zero query after a ReLU embedding with no learned term).
 
     Returns:
         ``(N, C_v, H, W)`` output, same dtype and device as the inputs;
