@@ -22,6 +22,7 @@ SHIPPED = {
     "edsr_baseline_x2_matched.pt": ("edsr_baseline", 2),
     "nlsn_x2.pt": ("nlsn", 2),
     "dlsn_x2.pt": ("dlsn", 2),
+    "dlsn_bd_x3.pt": ("dlsn", 3),
 }
 
 
@@ -52,11 +53,14 @@ def test_shipped_checkpoint_is_slim_and_rebuilds_its_model(name):
 def test_shipped_checkpoint_beats_bicubic_on_a_set5_crop(name):
     # A 48x48 LR crop of Set5 "butterfly": small enough for every model's attention on a CPU,
     # every shipped model gains more than 1 dB on it (an untrained one loses about 13 dB).
+    # Each model is given the LR images it was trained on (its configuration's degradation).
     model_name, scale = SHIPPED[name]
     model = model_from_checkpoint(FOLDER / name, expected_model=model_name, expected_scale=scale)
-    hr, lr = make_lr_pair(find_dataset("Set5") / "butterfly.png", scale)
-    lr = to_float(lr)[None, :, 40:88, 100:148]  # (1, 3, 48, 48) float32 in [0, 1]
-    hr = hr[None, :, 80:176, 200:296]  # (1, 3, 96, 96) uint8
+    degradation = load_checkpoint(FOLDER / name)["config"].get("degradation", "bicubic")
+    hr, lr = make_lr_pair(find_dataset("Set5") / "butterfly.png", scale, degradation)
+    top, left = min(40, lr.shape[-2] - 48), min(100, lr.shape[-1] - 48)
+    lr = to_float(lr)[None, :, top : top + 48, left : left + 48]  # (1, 3, 48, 48) float32 in [0, 1]
+    hr = hr[None, :, scale * top : scale * (top + 48), scale * left : scale * (left + 48)]  # (1, 3, 48 s, 48 s) uint8
     sr = to_uint8(super_resolve(model, lr))  # quantised as the evaluation does
     bicubic = to_uint8(imresize(lr, scale=scale))
     gain = (psnr_y(sr, hr, scale) - psnr_y(bicubic, hr, scale)).item()
@@ -80,7 +84,7 @@ def test_shipped_checkpoint_gives_the_outputs_recorded_before_the_registry(name)
     model_name, scale = SHIPPED[name]
     model = model_from_checkpoint(FOLDER / name, expected_model=model_name, expected_scale=scale)
     with torch.no_grad():
-        out = model(recorded["lr"])  # (2, 3, 28, 34) from a (2, 3, 14, 17) input
+        out = model(recorded["lr"])  # (2, 3, 14 s, 17 s) from a (2, 3, 14, 17) input
     torch.testing.assert_close(
         out, recorded[name.removesuffix(".pt")], atol=1e-6, rtol=0,
         msg=lambda m: f"{name} no longer gives its recorded output: {m}",
