@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--max-images", type=int, default=None, help="score only the first N images of each set")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--n-refs", type=int, action="append", default=None, metavar="K",
+                   help="reference-SR sets (MultiViewRef, ...): references per group, repeatable to compare "
+                        "(default: all)")
+    p.add_argument("--wrong-scene", action="store_true",
+                   help="reference-SR sets: the control, each target gets another scene's references")
     _add_degradation(p, default=None, default_text="the one a --checkpoint was trained with, else bicubic")
     _add_data_root(p)
     _add_plugin(p)
@@ -150,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite OUT.png if it exists")
+    p.add_argument("--reference", action="append", default=None, metavar="REF.png",
+                   help="an HR reference image for a reference-based model (repeatable)")
     _add_plugin(p)
 
     p = sub.add_parser("export", help="write a slim copy of a training checkpoint (no optimizer state) for sharing")
@@ -322,6 +329,11 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .utils import pick_device
 
+    from .data import REFERENCE_DATASETS
+
+    reference_sets = {name.lower() for name in REFERENCE_DATASETS}
+    if any(d.lower() in reference_sets for d in args.dataset):
+        return _eval_references(args)
     if args.degradation is None and args.noise is None and args.checkpoint:
         args.degradation, args.noise = _checkpoint_degradation(args.checkpoint)  # the one the model was trained on
     degradation = _degradation(args)
@@ -341,6 +353,39 @@ def _cmd_eval(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(scores, indent=2) + "\n")
+    return 0
+
+
+def _eval_references(args) -> int:
+    """``srlib eval`` on reference-SR group sets: PSNR/SSIM per group and mean, per number of references."""
+    from .data import REFERENCE_DATASETS
+    from .evaluate import evaluate_references
+    from .utils import pick_device
+
+    reference_sets = {name.lower() for name in REFERENCE_DATASETS}
+    others = [d for d in args.dataset if d.lower() not in reference_sets]
+    if others:
+        raise ValueError(f"score reference-SR sets and single-image sets in separate calls: {', '.join(others)}")
+    if args.degradation not in (None, "bicubic") or args.noise is not None:
+        raise ValueError("reference-SR sets are made with bicubic LR images only")
+    device = pick_device(args.device)
+    model = _load_model(args, device)
+    results = {}
+    for dataset in args.dataset:
+        for n_refs in args.n_refs or [None]:
+            result = evaluate_references(model, dataset, args.scale, n_refs=n_refs, roots=_roots(args), device=device,
+                                         progress=not args.no_progress, max_groups=args.max_images,
+                                         wrong_scene=args.wrong_scene)
+            label = f"{result['dataset']} refs={result['n_refs'] or 'all'}" + (" wrong-scene" if args.wrong_scene else "")
+            results[label] = result
+            print(f"\n{args.checkpoint or args.model}  x{args.scale}  {label}  (Y channel, shave {args.scale})")
+            print(f"{'group':<10} {'scene':<20} {'PSNR (dB)':>10} {'SSIM':>8}")
+            for group in result["groups"]:
+                print(f"{group['name']:<10} {str(group['scene']):<20} {group['psnr']:>10.2f} {group['ssim']:>8.4f}")
+            print(f"{'mean':<31} {result['psnr']:>10.2f} {result['ssim']:>8.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -440,12 +485,37 @@ def _cmd_upscale(args) -> int:
     device = pick_device(args.device)
     image = load_image(args.image)
     model = _load_model(args, device)
-    sr = upscale_image(model, image, device=device, tile=args.tile, tile_overlap=args.tile_overlap,
-                       self_ensemble=args.self_ensemble)
+    from .models import takes_references
+
+    if takes_references(model) or args.reference:
+        sr = _upscale_with_references(model, image, args.reference or [], device)
+    else:
+        sr = upscale_image(model, image, device=device, tile=args.tile, tile_overlap=args.tile_overlap,
+                           self_ensemble=args.self_ensemble)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(sr, out)
     print(f"{args.image} {tuple(image.shape[-2:])} -> {out} {tuple(sr.shape[-2:])}")
     return 0
+
+
+def _upscale_with_references(model, image, reference_files, device):
+    """``srlib upscale --reference``: a reference model's output for one image, uint8 ``(3, s h, s w)``."""
+    import torch
+
+    from .data import load_image, to_float, to_uint8
+
+    from .models import takes_references
+
+    if not takes_references(model):
+        raise ValueError(f"--reference was given but {getattr(model, 'model_name', 'this model')} is a single-image "
+                         "model; drop --reference or use a reference-based checkpoint")
+    if not reference_files:
+        raise ValueError(f"{model.model_name} is a reference-based model: pass one or more --reference REF.png")
+    references = [to_float(load_image(f)).unsqueeze(0).to(device) for f in reference_files]  # (1, 3, H_m, W_m)
+    model.eval()
+    with torch.no_grad():
+        sr = model(to_float(image).unsqueeze(0).to(device), references).clamp(0, 1)  # (1, 3, s h, s w)
+    return to_uint8(sr[0].cpu())
 
 
 def _cmd_export(args) -> int:

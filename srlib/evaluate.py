@@ -38,6 +38,7 @@ __all__ = [
     "forward_self_ensemble",
     "evaluate",
     "evaluate_images",
+    "evaluate_references",
     "upscale_image",
 ]
 
@@ -72,7 +73,9 @@ def super_resolve(
     it was in, so this is safe to call for validation inside a training loop.
     """
     check_lr_batch(lr)
-    if getattr(model, "model_kind", "single_image") == "reference":
+    from .models.registry import takes_references
+
+    if takes_references(model):
         raise ValueError(
             f"{getattr(model, 'model_name', type(model).__name__)} is a reference-based model: call it with its "
             "references, model(lr, [reference, ...]); super_resolve and srlib eval score single-image models"
@@ -485,3 +488,85 @@ def upscale_image(
     lr = to_float(image).unsqueeze(0).to(run_device)  # (1, 3, h, w)
     sr = _run_super_resolve(model, lr, tile, tile_overlap, self_ensemble, "the image")
     return to_uint8(sr[0].cpu())  # (3, s*h, s*w)
+
+
+def evaluate_references(
+    model: nn.Module,
+    dataset: str | Any = "MultiViewRef",
+    scale: int = 4,
+    n_refs: int | None = None,
+    roots: Any = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    max_groups: int | None = None,
+    wrong_scene: bool = False,
+) -> dict:
+    """PSNR / SSIM (Y, shave = scale) of a model on a reference-SR group set, per group and on average.
+
+    A model that takes references (:func:`srlib.models.takes_references`) gets the first ``n_refs``
+    references of each group (HR, full resolution; the model makes its own
+    matching copies); a single-image model is scored on the same targets and
+    ignores the references, so both fill the same table.
+
+    Args:
+        model: a model from :func:`srlib.models.build_model` (or a checkpoint) of ``scale``.
+        dataset: a registered group set (``"MultiViewRef"``, ``"MultiViewRef_mini"``),
+            a folder, or a :class:`srlib.data.reference.ReferenceGroupDataset`.
+        scale: the upscaling factor (4 is the field's reference-SR setting).
+        n_refs: references per group (None: all of each group).
+        roots: dataset search folders.
+        device: where to run; default where the model is.
+        progress: show a tqdm bar.
+        max_groups: score only the first groups.
+        wrong_scene: the control - give each target the references of the next
+            group whose scene differs (a reference model must not gain from them).
+
+    Returns:
+        ``{"dataset", "n_refs", "wrong_scene", "groups": [{"name", "scene", "psnr" (dB), "ssim"}],
+        "psnr": mean dB, "ssim": mean}``.
+
+    Raises:
+        ValueError: ``scale`` differs from the model's; ``n_refs`` larger than a
+            group has; ``wrong_scene`` on a set with a single scene.
+        DatasetNotFoundError: the set is not installed.
+    """
+    from .data.reference import ReferenceGroupDataset
+
+    _check_scale(model, scale)
+    run_device = _prepare_model(model, device)
+    opened = dataset if isinstance(dataset, ReferenceGroupDataset) else ReferenceGroupDataset(
+        dataset, scale, n_refs=n_refs, roots=roots, max_groups=max_groups)
+    samples = [opened[i] for i in range(len(opened))]
+    donors = list(range(len(samples)))
+    if wrong_scene:
+        for i, sample in enumerate(samples):
+            others = [j for j in [*range(i + 1, len(samples)), *range(i)] if samples[j]["scene"] != sample["scene"]]
+            if not others:
+                raise ValueError(f"wrong_scene needs groups of another scene than {sample['scene']!r}; "
+                                 f"{opened.name} has only that scene")
+            donors[i] = others[0]
+    from .models.registry import takes_references
+
+    uses_references = takes_references(model)
+    was_training = model.training
+    model.eval()
+    groups = []
+    try:
+        for i, sample in enumerate(tqdm(samples, desc=f"{opened.name} x{scale}", unit="group", disable=not progress)):
+            lr = to_float(sample["lr"]).unsqueeze(0).to(run_device)  # (1, 3, h, w)
+            with torch.no_grad():
+                if uses_references:
+                    references = [to_float(r).unsqueeze(0).to(run_device) for r in samples[donors[i]]["references"]]
+                    sr = model(lr, references).clamp(0, 1)  # (1, 3, s h, s w)
+                else:
+                    sr = super_resolve(model, lr)
+            sr_uint8 = to_uint8(sr[0].cpu())
+            groups.append({"name": sample["name"], "scene": sample["scene"],
+                           "psnr": float(psnr_y(sr_uint8, sample["hr"], shave=scale)),
+                           "ssim": float(ssim_y(sr_uint8, sample["hr"], shave=scale))})
+    finally:
+        model.train(was_training)
+    return {
+        "dataset": opened.name, "n_refs": opened.n_refs, "wrong_scene": bool(wrong_scene), "groups": groups,
+        "psnr": sum(g["psnr"] for g in groups) / len(groups), "ssim": sum(g["ssim"] for g in groups) / len(groups),
+    }

@@ -95,3 +95,51 @@ def test_srlib_train_and_super_resolve_refuse_a_reference_model_clearly(tmp_path
         super_resolve(build_model("amrsr", 4), torch.rand(1, 3, 8, 8))
     with pytest.raises(TrainingError, match="reference-based model"):
         train(preset_config("smoke", model="amrsr", scale=4), tmp_path / "run")
+
+
+def _tiny_reference_checkpoint(tmp_path):
+    from srlib.checkpoint import checkpoint_payload, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("amrsr", 4, extractor="patches", n_feats=8, n_blocks=(1, 1, 1), head_blocks=1)
+    return model, save_checkpoint(tmp_path / "amrsr.pt", checkpoint_payload(model))
+
+
+def test_evaluate_references_scores_groups_with_k_references_and_the_wrong_scene_control(tmp_path):
+    from srlib.evaluate import evaluate_references
+
+    model, _ = _tiny_reference_checkpoint(tmp_path)
+    one = evaluate_references(model, "MultiViewRef_mini", 4, n_refs=1, progress=False)
+    assert one["n_refs"] == 1 and [g["scene"] for g in one["groups"]] == ["fountain-P11", "Herz-Jesus-P8", "llff_fern"]
+    assert one["psnr"] == pytest.approx(sum(g["psnr"] for g in one["groups"]) / 3)
+    two = evaluate_references(model, "MultiViewRef_mini", 4, n_refs=2, progress=False)
+    wrong = evaluate_references(model, "MultiViewRef_mini", 4, n_refs=1, progress=False, wrong_scene=True)
+    assert two["groups"] != one["groups"] and wrong["groups"] != one["groups"] and wrong["wrong_scene"]
+    baseline = build_model("amrsr", 4, use_references=False, n_feats=8, n_blocks=(1, 1, 1), head_blocks=1)
+    assert len(evaluate_references(baseline, "MultiViewRef_mini", 4, progress=False)["groups"]) == 3
+    with pytest.raises(ValueError, match="n_refs=6"):
+        evaluate_references(model, "MultiViewRef_mini", 4, n_refs=6, progress=False)
+
+
+def test_cli_eval_and_upscale_with_references(tmp_path, capsys):
+    import json
+
+    from srlib.cli import main
+    from srlib.data import find_reference_dataset, load_image, save_image
+
+    _, checkpoint = _tiny_reference_checkpoint(tmp_path)
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--scale", "4", "--dataset", "MultiViewRef_mini",
+                 "--n-refs", "1", "--n-refs", "2", "--no-progress", "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert set(scores) == {"MultiViewRef_mini refs=1", "MultiViewRef_mini refs=2"}
+    assert "mean" in capsys.readouterr().out
+    folder = find_reference_dataset("MultiViewRef_mini")
+    target = load_image(folder / "000_0.png")[:, :48, :64]
+    save_image(target, tmp_path / "t.png")
+    assert main(["upscale", str(tmp_path / "t.png"), "--checkpoint", str(checkpoint), "--reference",
+                 str(folder / "000_1.png"), "-o", str(tmp_path / "sr.png")]) == 0
+    assert load_image(tmp_path / "sr.png").shape == (3, 192, 256)
+    assert main(["upscale", str(tmp_path / "t.png"), "--checkpoint", str(checkpoint), "-o",
+                 str(tmp_path / "x.png")]) == 2
+    assert "pass one or more --reference" in capsys.readouterr().err

@@ -44,6 +44,7 @@ from srlib.models.registry import (
     model_options,
     model_presets,
     register_model,
+    takes_references,
     upgrade_checkpoint,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "available_models",
     "MODEL_KINDS",
     "model_kind",
+    "takes_references",
     "model_options",
     "model_presets",
     "upgrade_checkpoint",

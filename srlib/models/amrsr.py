@@ -201,6 +201,7 @@ class AMRSR(nn.Module):
         if not isinstance(use_references, bool):
             raise TypeError(f"use_references must be True or False, got {use_references!r}")
         self.use_references = use_references
+        self.takes_references = use_references  # the baseline is called as model(lr)
         self.n_subvectors = positive_int("n_subvectors", n_subvectors)
         self.reference_parts, self.input_parts = reference_parts, input_parts
         if use_references:

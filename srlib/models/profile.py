@@ -54,7 +54,7 @@ def count_flops(
 
     Args:
         model: a super-resolution model taking float32 ``(N, 3, h, w)``; a
-            reference model (``model_kind == "reference"``) is given one random
+            model that takes references (:func:`srlib.models.takes_references`) is given one random
             reference of the HR size ``(1, 3, s*h, s*w)``.
         lr_size: ``(h, w)`` of the LR input in pixels.
         device: where to run the pass; default: the model's device.  The
@@ -78,7 +78,9 @@ def count_flops(
     model.eval()
     try:
         inputs = (lr,)
-        if getattr(model, "model_kind", "single_image") == "reference":
+        from srlib.models.registry import takes_references
+
+        if takes_references(model):
             scale = int(getattr(model, "scale", 1))
             reference = torch.rand(1, 3, scale * h, scale * w, generator=torch.Generator().manual_seed(0))
             inputs = (lr, [reference.to(device)])

@@ -46,6 +46,7 @@ __all__ = [
     "build_model",
     "available_models",
     "model_kind",
+    "takes_references",
     "model_options",
     "model_presets",
     "upgrade_checkpoint",
@@ -121,6 +122,16 @@ def available_models(kind: str | None = None) -> list[str]:
     if kind is not None and kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, MODEL_KINDS))} or None, got {kind!r}")
     return [n for n in MODELS.names() if kind is None or MODELS.entry(n).info["kind"] == kind]
+
+
+def takes_references(model: nn.Module) -> bool:
+    """Whether a built model's forward takes references: ``model(lr, references)``.
+
+    True for models of kind ``"reference"`` unless the model says otherwise
+    with a ``takes_references`` attribute (e.g. a reference architecture built
+    as its own single-image baseline).
+    """
+    return bool(getattr(model, "takes_references", getattr(model, "model_kind", "single_image") == "reference"))
 
 
 def model_kind(name: str) -> str:
