@@ -406,7 +406,13 @@ def transfer_patches(match: ReferenceMatch, values, stride: int = 1) -> torch.Te
 
 @register_attention(
     "multi_reference", kind="reference", loops="srlib.attention.loops:multi_reference_loops",
-    bench={"multi_reference": {}},
+    # The live counterpart of the supplement's Table 7: N_M references, N_R reference parts, N_I input parts.
+    bench={
+        "multi_reference": {},
+        **{f"multi_reference_m{m}": {"references": m} for m in (1, 4)},
+        **{f"multi_reference_r{r}": {"reference_parts": r} for r in (4, 16)},
+        "multi_reference_i4": {"input_parts": 4},
+    },
     test_options=[
         {"reference_parts": 4, "input_parts": 4},
         {"n_subvectors": 2, "reference_parts": (1, 2)},

@@ -56,7 +56,10 @@ versions of srlib's mechanisms live in :mod:`srlib.attention.loops`.
 
 ``bench={"case_name": {option: value, ...}, ...}``: the cases ``srlib bench
 attention`` measures for this entry, each the entry built with those options
-(default: one case named like the entry, default options).
+(default: one case named like the entry, default options).  A ``"reference"``
+entry's case may also set ``"references": K``, the number of reference maps
+(each of the input's size) the benchmark feeds it (default
+:data:`srlib.bench.REFERENCE_COUNT`); it is not a module option.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class AttentionEntry:
         defaults: its options with their default values.
         loops: the float64 loop version ``fn(module, x[, references]) -> out``, or None.
         bench: benchmark cases, ``{case_name: options}``.
+        bench_inputs: per case, what the benchmark feeds it besides the map
+            (``{"references": K}`` for reference-kind cases that set it).
         guarded: the module raises ``AttentionMemoryError`` before an over-large allocation
             (its ``max_attention_bytes`` option sets the limit).
         test_options: extra option sets for the contract tests.
@@ -110,6 +115,7 @@ class AttentionEntry:
     defaults: Mapping[str, Any]
     loops: Callable[..., Any] | None
     bench: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    bench_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     guarded: bool = False
     test_options: tuple = ()
     description: str = ""
@@ -152,7 +158,14 @@ def register_attention(
     def decorator(builder):
         entry = ATTENTION.register(name, builder, kind=kind, loops=loops, guarded=bool(guarded))
         cases = {name: {}} if bench is None else {str(k): dict(v) for k, v in bench.items()}
+        inputs = {}  # case -> {"references": K}: what the benchmark feeds a reference-kind case
         for case, options in cases.items():
+            if "references" in options and kind == "reference" and "references" not in entry.defaults:
+                count = options.pop("references")
+                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                    raise ValueError(f"benchmark case {case!r} of attention {name!r}: references must be an "
+                                     f"integer >= 1, got {count!r}")
+                inputs[case] = {"references": count}
             try:
                 ATTENTION.complete_options(name, options)
             except TypeError as err:
@@ -160,6 +173,7 @@ def register_attention(
         if guarded and "max_attention_bytes" not in entry.defaults:
             raise ValueError(f"attention {name!r} is registered as guarded but has no max_attention_bytes option")
         entry.info["bench"] = cases
+        entry.info["bench_inputs"] = inputs
         entry.info["test_options"] = [dict(o) for o in (test_options or [])]
         for options in entry.info["test_options"]:
             ATTENTION.complete_options(name, options)
@@ -178,7 +192,8 @@ def attention_entry(name: str) -> AttentionEntry:
     doc = (getattr(entry.builder, "__doc__", None) or "").strip().splitlines()
     return AttentionEntry(
         name=entry.name, kind=entry.info["kind"], builder=entry.builder, defaults=dict(entry.defaults),
-        loops=_resolve(entry.info["loops"]), bench=entry.info["bench"], guarded=entry.info["guarded"],
+        loops=_resolve(entry.info["loops"]), bench=entry.info["bench"],
+        bench_inputs=entry.info.get("bench_inputs", {}), guarded=entry.info["guarded"],
         test_options=tuple(entry.info["test_options"]),
         description=doc[0] if doc else "", source=f"{entry.builder.__module__}.{entry.builder.__qualname__}",
     )

@@ -90,6 +90,7 @@ class BenchCase:
     module: str | None = None
     imports: tuple[str, ...] = ()
     description: str = ""
+    references: int = REFERENCE_COUNT
 
     def to_spec(self) -> dict[str, Any]:
         """The case as a JSON-ready dict (the worker process rebuilds it with :meth:`from_spec`)."""
@@ -97,6 +98,7 @@ class BenchCase:
             "case": self.name, "source": self.source, "kind": self.kind, "attention": self.attention,
             "options": dict(self.options), "guarded": self.guarded, "takes_regions": self.takes_regions,
             "module": self.module, "imports": list(self.imports), "description": self.description,
+            "references": self.references,
         }
 
     @classmethod
@@ -107,7 +109,7 @@ class BenchCase:
             attention=spec.get("attention"), options=dict(spec.get("options") or {}),
             guarded=bool(spec.get("guarded")), takes_regions=bool(spec.get("takes_regions")),
             module=spec.get("module"), imports=tuple(spec.get("imports") or ()),
-            description=spec.get("description", ""),
+            description=spec.get("description", ""), references=int(spec.get("references", REFERENCE_COUNT)),
         )
 
     def details(self) -> dict[str, Any]:
@@ -132,10 +134,13 @@ def _registered_cases() -> dict[str, BenchCase]:
     found: dict[str, BenchCase] = {}
     for case, (attention, options) in benchmark_cases().items():
         entry = attention_entry(attention)
-        description = f"{attention}({_options_text(options)}): {entry.description}".rstrip(": ")
+        references = entry.bench_inputs.get(case, {}).get("references", REFERENCE_COUNT)
+        shown = {**options, "references": references} if entry.kind == "reference" else options
+        description = f"{attention}({_options_text(shown)}): {entry.description}".rstrip(": ")
         found[case] = BenchCase(
             name=case, source="registry", kind=entry.kind, attention=attention, options=dict(options),
             guarded=entry.guarded, takes_regions="regions" in entry.defaults, description=description,
+            references=references,
         )
     first = [c for c in REFERENCE_CASES if c in found]
     return {name: found[name] for name in [*first, *(c for c in found if c not in first)]}
@@ -411,12 +416,12 @@ def case_inputs(case: BenchCase, x: torch.Tensor, generator: torch.Generator | N
     """The positional arguments of the module's forward pass for input ``x`` ``(N, C, H, W)``.
 
     ``(x,)``; for kind ``"reference"`` ``(x, [r_1, ..., r_K])`` with
-    ``K = REFERENCE_COUNT`` random maps of the shape, dtype and device of ``x``
-    (drawn from ``generator`` on CPU, then moved).
+    ``K = case.references`` (default :data:`REFERENCE_COUNT`) random maps of the
+    shape, dtype and device of ``x`` (drawn from ``generator`` on CPU, then moved).
     """
     if case.kind != "reference":
         return (x,)
     references = [
-        torch.randn(tuple(x.shape), generator=generator, dtype=x.dtype).to(x.device) for _ in range(REFERENCE_COUNT)
+        torch.randn(tuple(x.shape), generator=generator, dtype=x.dtype).to(x.device) for _ in range(case.references)
     ]
     return (x, references)
