@@ -72,7 +72,7 @@ inside the module).
 
 Differences from the official code, besides the residual: the hash draws
 come from an explicit seed or generator (the official code redraws from the
-global RNG at every forward, test time too, and hard-codes ``.cuda()``), the
+global RNG at every forward, test time too, and only runs on a CUDA device), the
 padded slots are masked instead of repeated, fewer than three chunks do not
 repeat keys, and the sort is stable - the same conventions as
 :mod:`srlib.attention.sparse`.

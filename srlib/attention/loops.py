@@ -665,42 +665,16 @@ def sparse_attention_loops(
     conventions (stable sort, masked padding, distinct neighbour chunks) are
     those documented in :mod:`srlib.attention.sparse` and :mod:`srlib.attention.lsh`.
     """
-    query, value = _float64(query), _float64(value)
     key_hat = unit_keys_loops(key)  # (N, C_e, H, W)
     n_images, _, height, width = query.shape
-    c_v = value.shape[1]
-    n_rounds = rotations.shape[1]
-    length = height * width
     pixels = [(i, j) for i in range(height) for j in range(width)]  # position l = i*W + j
     codes = spherical_codes_loops(
         torch.stack([torch.stack([key_hat[n, :, i, j] for i, j in pixels]) for n in range(n_images)]), rotations
     )  # (N, R, L), from the unit keys
-    out = torch.zeros(n_images, c_v, height, width, dtype=DTYPE)  # (N, C_v, H, W)
-    for n in range(n_images):
-        q = [query[n, :, i, j].tolist() for i, j in pixels]  # q[l][d]
-        k_hat = [key_hat[n, :, i, j].tolist() for i, j in pixels]  # k_hat[l][d]
-        v = [value[n, :, i, j].tolist() for i, j in pixels]  # v[l][c]
-        round_out, round_lse = [], []
-        for r in range(n_rounds):
-            code = codes[n, r].tolist()
-            ordered = sorted(range(length), key=lambda pos, code=code: (code[pos], pos))  # stable sort by code
-            chunks = [ordered[start : start + chunk_size] for start in range(0, length, chunk_size)]
-            offsets = neighbour_chunk_offsets(len(chunks), chunks_before, chunks_after)
-            outs, lses = [None] * length, [None] * length
-            for c, chunk in enumerate(chunks):
-                keys = [pos for o in offsets for pos in chunks[(c + o) % len(chunks)]]
-                for pos in chunk:
-                    scores = [sum(a * b for a, b in zip(q[pos], k_hat[t])) for t in keys]  # q . k_hat
-                    lse = _logsumexp_loops(scores)
-                    lses[pos] = lse
-                    outs[pos] = [sum(math.exp(s - lse) * v[t][ch] for s, t in zip(scores, keys)) for ch in range(c_v)]
-            round_out.append(outs)
-            round_lse.append(lses)
-        for pos, (i, j) in enumerate(pixels):
-            shares = softmax_loops([round_lse[r][pos] for r in range(n_rounds)])  # softmax_r(lse_r)
-            for ch in range(c_v):
-                out[n, ch, i, j] = sum(shares[r] * round_out[r][pos][ch] for r in range(n_rounds))
-    return out, codes.reshape(n_images, n_rounds, height, width)
+    # The attention over the codes: learnable_attention_loops without a learned term is NLSA's.
+    out = learnable_attention_loops(query, key, value, codes, chunk_size, chunks_before=chunks_before,
+                                    chunks_after=chunks_after)  # (N, C_v, H, W)
+    return out, codes.reshape(n_images, rotations.shape[1], height, width)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -293,31 +293,42 @@ def spherical_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         ValueError: ``x`` not 3-D or not floating, ``rotations`` not 3-D, or
             their ``D`` differ.
     """
-    _check_rank("x", x, 3, "(N, L, D)")
-    _check_rank("rotations", rotations, 3, "(D, n_rounds, n_buckets // 2)")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    if rotations.shape[0] != x.shape[2]:
-        raise ValueError(
-            f"rotations must have one row per channel of x: x has D = {x.shape[2]} channels, "
-            f"rotations have shape {tuple(rotations.shape)}"
-        )
-    rotations = rotations.to(device=x.device, dtype=x.dtype)
     # argmax over [x.a_1, ..., x.a_{b/2}, -x.a_1, ..., -x.a_{b/2}] without building that
     # (N, L, b) tensor: the best "+" direction is the largest projection, the best "-" direction
     # the smallest one; ties go to the "+" half, as the first maximum of the concatenation would.
-    # Rounds go in groups of at most about 4M projections, which bounds the peak on large maps
-    # and keeps many rounds of a small input (a collision experiment) vectorised.
-    half = rotations.shape[2]
-    x = x.detach()
-    per_round = max(x.shape[0] * x.shape[1] * half, 1)
-    group = max(1, min(rotations.shape[1], _HASH_BLOCK_ELEMENTS // per_round))
-    codes = []
-    for start in range(0, rotations.shape[1], group):
-        projections = torch.einsum("nld,drk->nrlk", x, rotations[:, start:start + group])  # (N, g, L, b/2)
+    def codes_of(projections: torch.Tensor) -> torch.Tensor:  # (N, g, L, b/2) -> (N, g, L)
         best_plus, plus_index = projections.max(dim=-1)
         best_minus, minus_index = projections.min(dim=-1)
-        codes.append(torch.where(best_plus >= -best_minus, plus_index, minus_index + half))
+        return torch.where(best_plus >= -best_minus, plus_index, minus_index + projections.shape[-1])
+
+    return _codes_by_round_groups(x, rotations, "rotations", "(D, n_rounds, n_buckets // 2)", codes_of)
+
+
+def _codes_by_round_groups(x: torch.Tensor, projections: torch.Tensor, name: str, layout: str, codes_of) -> torch.Tensor:
+    """Check ``x`` ``(N, L, D)`` and ``projections`` ``(D, R, P)``, project, and code a group of rounds at a time.
+
+    ``codes_of`` maps the ``(N, g, L, P)`` projections of ``g`` rounds to their ``(N, g, L)`` codes.
+    Rounds go in groups of at most about 4M projections, which bounds the peak on
+    large maps and keeps many rounds of a small input (a collision experiment)
+    vectorised.  Returns ``(N, R, L)`` int64 codes.
+    """
+    _check_rank("x", x, 3, "(N, L, D)")
+    _check_rank(name, projections, 3, layout)
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if projections.shape[0] != x.shape[2]:
+        raise ValueError(
+            f"{name} must have one row per channel of x: x has D = {x.shape[2]} channels, "
+            f"{name} have shape {tuple(projections.shape)}"
+        )
+    projections = projections.to(device=x.device, dtype=x.dtype)
+    x = x.detach()
+    per_round = max(x.shape[0] * x.shape[1] * projections.shape[2], 1)
+    group = max(1, min(projections.shape[1], _HASH_BLOCK_ELEMENTS // per_round))
+    codes = [
+        codes_of(torch.einsum("nld,drk->nrlk", x, projections[:, start:start + group]))  # (N, g, L)
+        for start in range(0, projections.shape[1], group)
+    ]
     return torch.cat(codes, dim=1)  # (N, R, L)
 
 
@@ -349,26 +360,7 @@ def spherical_lsh(
             errors of :func:`random_rotations` and :func:`spherical_hash`.
         TypeError: a generator that is neither a ``torch.Generator`` nor an integer.
     """
-    _check_rank("x", x, 3, "(N, L, D)")
-    n_rounds = positive_int("n_rounds", n_rounds)
-    n_buckets = _check_bucket_number("n_buckets", n_buckets)
-    if (generator is None) == (rotations is None):
-        raise ValueError(
-            "pass exactly one source of hash rotations: generator= (a CPU torch.Generator or an "
-            "integer seed, for a fresh draw) or rotations= (a precomputed (D, n_rounds, n_buckets // 2) "
-            "tensor)"
-        )
-    if rotations is None:
-        rotations = random_rotations(x.shape[2], n_rounds, n_buckets, generator, device=x.device, dtype=x.dtype)
-    else:
-        expected = (x.shape[2], n_rounds, n_buckets // 2)
-        if not isinstance(rotations, torch.Tensor) or tuple(rotations.shape) != expected:
-            shape = tuple(rotations.shape) if isinstance(rotations, torch.Tensor) else type(rotations).__name__
-            raise ValueError(
-                f"rotations must have shape (D, n_rounds, n_buckets // 2) = {expected}, got {shape}"
-            )
-        rotations = rotations.to(device=x.device, dtype=x.dtype)
-    return spherical_hash(x, rotations), rotations
+    return lsh_codes(x, "spherical", n_rounds, n_buckets, generator=generator, projections=rotations)
 
 
 def offset_rounds(codes: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -543,24 +535,9 @@ def superbit_hash(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``x`` not 3-D or not floating, ``projections`` not 3-D, or their ``D`` differ.
     """
-    _check_rank("x", x, 3, "(N, L, D)")
-    _check_rank("projections", projections, 3, "(D, n_rounds, n_buckets)")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    if projections.shape[0] != x.shape[2]:
-        raise ValueError(
-            f"projections must have one row per channel of x: x has D = {x.shape[2]} channels, "
-            f"projections have shape {tuple(projections.shape)}"
-        )
-    projections = projections.to(device=x.device, dtype=x.dtype)
-    x = x.detach()
-    per_round = max(x.shape[0] * x.shape[1] * projections.shape[2], 1)
-    group = max(1, min(projections.shape[1], _HASH_BLOCK_ELEMENTS // per_round))  # rounds per einsum
-    codes = [
-        torch.einsum("nld,drk->nrlk", x, projections[:, start:start + group]).argmax(dim=-1)  # (N, g, L)
-        for start in range(0, projections.shape[1], group)
-    ]
-    return torch.cat(codes, dim=1)  # (N, R, L)
+    return _codes_by_round_groups(
+        x, projections, "projections", "(D, n_rounds, n_buckets)", lambda p: p.argmax(dim=-1)
+    )  # (N, R, L), first maximum wins ties
 
 
 def superbit_lsh(
@@ -660,27 +637,31 @@ def lsh_codes(
     """
     if hashing not in HASHINGS:
         raise ValueError(f"hashing must be one of {', '.join(map(repr, HASHINGS))}, got {hashing!r}")
-    if hashing == "spherical":
-        return spherical_lsh(x, n_rounds, n_buckets, generator=generator, rotations=projections)
     _check_rank("x", x, 3, "(N, L, D)")
     n_rounds = positive_int("n_rounds", n_rounds)
-    n_buckets = positive_int("n_buckets", n_buckets)
+    if hashing == "spherical":
+        n_buckets = _check_bucket_number("n_buckets", n_buckets)
+        name, layout, width = "rotations", "(D, n_rounds, n_buckets // 2)", n_buckets // 2
+    else:
+        n_buckets = positive_int("n_buckets", n_buckets)
+        name, layout, width = "projections", "(D, n_rounds, n_buckets)", n_buckets
     if (generator is None) == (projections is None):
         raise ValueError(
-            "pass exactly one source of hash projections: generator= (a CPU torch.Generator or an integer "
-            "seed, for a fresh draw) or projections= (a precomputed (D, n_rounds, n_buckets) tensor)"
+            f"pass exactly one source of hash {name}: generator= (a CPU torch.Generator or an integer seed, "
+            f"for a fresh draw) or {name}= (a precomputed {layout} tensor)"
         )
     if projections is None:
-        projections = superbit_projections(
-            x.shape[2], n_rounds, n_buckets, generator, mode=mode, device=x.device, dtype=x.dtype
-        )  # (D, R, b)
+        projections = draw_projections(
+            hashing, x.shape[2], n_rounds, n_buckets, generator, mode=mode, device=x.device, dtype=x.dtype
+        )  # (D, R, P)
     else:
-        expected = (x.shape[2], n_rounds, n_buckets)
+        expected = (x.shape[2], n_rounds, width)
         if not isinstance(projections, torch.Tensor) or tuple(projections.shape) != expected:
             shape = tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
-            raise ValueError(f"projections must have shape (D, n_rounds, n_buckets) = {expected}, got {shape}")
+            raise ValueError(f"{name} must have shape {layout} = {expected}, got {shape}")
         projections = projections.to(device=x.device, dtype=x.dtype)
-    return superbit_hash(x, projections), projections
+    hash_codes = spherical_hash if hashing == "spherical" else superbit_hash
+    return hash_codes(x, projections), projections
 
 
 # ----------------------------------------------------------------------------------------------

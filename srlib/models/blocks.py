@@ -13,6 +13,9 @@ pixel shuffle; NLSN (Mei et al., CVPR 2021) for the scaled attention residual.
 
 from __future__ import annotations
 
+import numbers
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -25,8 +28,12 @@ __all__ = [
     "ResidualAttention",
     "ResidualBlock",
     "Upsampler",
+    "attention_slot",
     "conv3x3",
 ]
+
+# Seeds are passed to torch.Generator.manual_seed as seed + i; keep them far from its limits.
+_MAX_SEED = 2**63 - 1024
 
 # Mean RGB of the DIV2K training images on a [0, 1] scale, as used by the EDSR
 # reference implementation (0.4488, 0.4371, 0.4040).
@@ -156,3 +163,52 @@ class ResidualAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"res_scale={self.res_scale}"
+
+
+def attention_slot(
+    attention: str | None, attention_options: dict | None, channels: int, seed: int, kinds: tuple[str, ...]
+) -> Callable[[int], nn.Module] | None:
+    """Check a model's attention options once and return ``build(i)``, its ``i``-th attention module.
+
+    The attention slots of NLSN and DLSN share these rules: ``attention="none"``
+    (or None) means no attention and takes no options; the options must not set
+    ``seed``, because the ``i``-th module (``i = 0, 1, ...`` in body order) gets
+    ``seed + i`` when the attention takes a seed, so that the modules hash with
+    independent, repeatable draws.
+
+    Args:
+        attention: a registered attention name, ``"none"`` or None.
+        attention_options: its options (None: its defaults).
+        channels: ``C`` of the maps it attends over.
+        seed: the model's seed, an integer in ``[0, 2**63 - 1024)``.
+        kinds: the attention kinds the slot can hold (e.g. ``("in_scale",)``).
+
+    Returns:
+        ``build(i) -> nn.Module`` (:func:`srlib.attention.build_attention`), or None without attention.
+
+    Raises:
+        ValueError: a bad seed; options given with ``"none"``; options setting
+            ``seed``; (when building) an unknown attention or one of another kind.
+    """
+    from srlib.attention import attention_options as registered_options
+    from srlib.attention import build_attention
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1024), got {seed!r}")
+    options = dict(attention_options or {})
+    if attention in (None, "none"):
+        if options:
+            raise ValueError(f"attention='none' takes no attention_options, got {options!r}")
+        return None
+    if "seed" in options:
+        raise ValueError(
+            "attention_options must not set 'seed': the model gives its i-th attention module seed + i; "
+            "set the model's seed option instead"
+        )
+    takes_seed = "seed" in registered_options(attention)
+
+    def build(index: int) -> nn.Module:
+        extra = {"seed": int(seed) + index} if takes_seed else {}
+        return build_attention(attention, channels, kinds=kinds, **options, **extra)
+
+    return build

@@ -62,15 +62,20 @@ Paper and official code versus this module:
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import nn
 
-from srlib.attention import attention_options as registered_options
-from srlib.attention import build_attention
 from srlib.attention._common import positive_int, positive_real
-from srlib.models.blocks import DIV2K_RGB_MEAN, MeanShift, ResidualAttention, ResidualBlock, Upsampler, conv3x3
+from srlib.models.blocks import (
+    DIV2K_RGB_MEAN,
+    MeanShift,
+    ResidualAttention,
+    ResidualBlock,
+    Upsampler,
+    attention_slot,
+    conv3x3,
+)
 from srlib.models.registry import check_lr_batch, check_scale, register_model
 
 __all__ = ["DLSN", "DLSN_COMPACT_OPTIONS", "DLSN_OFFICIAL_OPTIONS", "DLSN_SCALES", "GLAFFM"]
@@ -104,8 +109,6 @@ DLSN_COMPACT_OPTIONS = {
     "attention_res_scale": 1.0,
 }
 
-# Seeds are passed to torch.Generator.manual_seed as seed + i; keep them far from its limits.
-_MAX_SEED = 2**63 - 1024
 # The attention kinds a GLAFFM can hold: maps in, maps of the same size out.
 _BODY_KINDS = ("in_scale",)
 
@@ -224,33 +227,16 @@ class DLSN(nn.Module):
         n_blocks = positive_int("n_blocks", n_blocks, 0)
         res_scale = positive_real("res_scale", res_scale, "0.1 in DLSN")
         attention_res_scale = positive_real("attention_res_scale", attention_res_scale, "1.0 in DLSN")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, 2**63 - 1024), got {seed!r}")
         if attention_options is None and attention == "gla":
             attention_options = DLSN_COMPACT_OPTIONS["attention_options"]
-        attention_options = dict(attention_options or {})
-        if attention in (None, "none"):
-            if attention_options:
-                raise ValueError(f"attention='none' takes no attention_options, got {attention_options!r}")
-            attention = None
-        elif "seed" in attention_options:
-            raise ValueError(
-                "attention_options must not set 'seed': the model gives its i-th attention seed + i; "
-                "set the model's seed option instead"
-            )
+        build = attention_slot(attention, attention_options, n_feats, seed, _BODY_KINDS)
         self.scale = scale
-        takes_seed = attention is not None and "seed" in registered_options(attention)
-
-        def attention_module(index: int) -> nn.Module | None:
-            if attention is None:
-                return None
-            extra = {"seed": int(seed) + index} if takes_seed else {}
-            return build_attention(attention, n_feats, kinds=_BODY_KINDS, **attention_options, **extra)
 
         self.sub_mean = MeanShift(DIV2K_RGB_MEAN, sign=-1)
         self.head = conv3x3(3, n_feats)
         self.body = nn.Sequential(*[
-            GLAFFM(n_feats, n_blocks, attention_module(i), res_scale, attention_res_scale) for i in range(n_modules)
+            GLAFFM(n_feats, n_blocks, build(i) if build else None, res_scale, attention_res_scale)
+            for i in range(n_modules)
         ])
         self.body_conv = conv3x3(n_feats, n_feats)
         self.upsampler = Upsampler(n_feats, scale)

@@ -99,13 +99,10 @@ the five NLSAs.  Build it with ``build_model("nlsn", 4, **NLSN_OFFICIAL_OPTIONS)
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import nn
 
-from srlib.attention import build_attention
-from srlib.attention import attention_options as registered_options
 from srlib.attention._common import positive_int, positive_real
 from srlib.models.blocks import (
     DIV2K_RGB_MEAN,
@@ -113,6 +110,7 @@ from srlib.models.blocks import (
     ResidualAttention,
     ResidualBlock,
     Upsampler,
+    attention_slot,
     conv3x3,
 )
 from srlib.models.registry import check_lr_batch, check_scale, register_model, rename_state_keys
@@ -140,9 +138,6 @@ NLSN_OFFICIAL_OPTIONS = {
     "attention_options": {"reduction": 4, "chunk_size": 144, "n_rounds": 4, "n_buckets": None},
     "attention_res_scale": 0.1,
 }
-
-# Seeds are passed to torch.Generator.manual_seed as seed + i; keep them far from its limits.
-_MAX_SEED = 2**63 - 1024
 
 # The attention kinds an NLSN body can hold: maps in, maps of the same size out.
 _BODY_KINDS = ("in_scale",)
@@ -321,30 +316,13 @@ class NLSN(nn.Module):
         attention_every = positive_int("attention_every", attention_every, 1)
         res_scale = positive_real("res_scale", res_scale, "0.1 in NLSN")
         attention_res_scale = positive_real("attention_res_scale", attention_res_scale, "0.1 in NLSN's code")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, 2**63 - 1024), got {seed!r}")
-        seed = int(seed)
-        attention_options = dict(attention_options or {})
-        if attention in (None, "none"):
-            if attention_options:
-                raise ValueError(f"attention='none' takes no attention_options, got {attention_options!r}")
-            attention = None
-        elif "seed" in attention_options:
-            raise ValueError(
-                "attention_options must not set 'seed': the model gives its i-th attention block seed + i; "
-                "set the model's seed option instead"
-            )
+        build = attention_slot(attention, attention_options, n_feats, seed, _BODY_KINDS)
         self.scale = scale
         positions = attention_positions(n_blocks, attention_every)
-        self.attention_after_blocks = positions if attention is not None else ()
-        takes_seed = attention is not None and "seed" in registered_options(attention)
+        self.attention_after_blocks = positions if build is not None else ()
 
         def attention_block(index: int) -> list[nn.Module]:
-            if attention is None:
-                return []
-            extra = {"seed": seed + index} if takes_seed else {}
-            module = build_attention(attention, n_feats, kinds=_BODY_KINDS, **attention_options, **extra)
-            return [ResidualAttention(module, attention_res_scale)]
+            return [] if build is None else [ResidualAttention(build(index), attention_res_scale)]
 
         layers: list[nn.Module] = attention_block(0)
         for block in range(1, n_blocks + 1):
