@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="edsr_baseline", metavar="NAME",
                    help=f"registered model: {', '.join(m for m in available_models() if m != 'bicubic')}, "
                         "or one a --plugin file registers (default edsr_baseline)")
-    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--scale", type=int, default=None, help="default 2, or the model's preset (amrsr: 4)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate and score the final report in LR tiles of at most PX "
                         "(default: the model's preset; 0: whole images)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--references", type=int, default=None, metavar="K",
+                   help="reference crops per training sample, for a reference-based model (default: its preset)")
+    p.add_argument("--train-scene", action="append", default=None, metavar="NAME_OR_DIR",
+                   help="a multi-view training scene of a reference-based model (repeatable; default: "
+                        "srlib.data.reference.TRAIN_SCENES)")
+    p.add_argument("--reference-size", type=int, default=None, metavar="PX",
+                   help="side of a training reference crop in HR pixels (default: the HR patch side)")
     _add_degradation(p, default=None)
     _add_data_root(p)
     _add_plugin(p)
@@ -407,14 +414,16 @@ def train_config_from_args(args, plugins: list[str] | None = None):
     if args.val_tile is not None and args.val_tile < 0:
         raise ValueError(f"--val-tile must be a number of LR pixels > 0, or 0 for whole images; got {args.val_tile}")
     degradation = _degradation(args)
-    degradation.check_scale(args.scale)
     overrides = dict(
         model=args.model, scale=args.scale, steps=args.steps, batch_size=args.batch_size, lr_patch=args.lr_patch,
         learning_rate=args.learning_rate, seed=args.seed, num_workers=args.num_workers,
         device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None, plugins=plugins or None,
         degradation=degradation.name, noise_sigma=degradation.noise_sigma,
+        references=args.references, train_scenes=tuple(args.train_scene) if args.train_scene else None,
+        reference_size=args.reference_size,
     )
     config = preset_config(args.preset, **overrides)
+    degradation.check_scale(config.scale)
     if args.val_tile == 0:
         config.val_tile = None  # whole images, even where the model's preset tiles
     if options:
@@ -430,7 +439,16 @@ def _cmd_train(args) -> int:
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     metrics = result.get("metrics")
     print(f"\nsaved {result['checkpoint']} after {result['step']} steps ({result['train_seconds']:.0f} s of training)")
-    if metrics:
+    if metrics and "takes_references" in metrics:
+        print(f"{'dataset':<14} {'refs':>9} {'model dB':>9} {'bicubic dB':>11} {'gain dB':>8} {'model SSIM':>11}")
+        for ds, row in metrics["datasets"].items():
+            base = row["bicubic"]["psnr"]
+            for key, label in (("model_1_ref", "1"), ("model_all_refs", "all"), ("wrong_scene", "all, wrong")):
+                if key in row:
+                    print(f"{ds:<14} {label:>9} {row[key]['psnr']:>9.2f} {base:>11.2f} {row[key]['psnr'] - base:>+8.2f} "
+                          f"{row[key]['ssim']:>11.4f}")
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+    elif metrics:
         print(f"{'dataset':<8} {'model dB':>9} {'bicubic dB':>11} {'gain dB':>8} {'model SSIM':>11} {'bicubic SSIM':>13}")
         for ds, row in metrics["datasets"].items():
             print(f"{ds:<8} {row['model']['psnr']:>9.2f} {row['bicubic']['psnr']:>11.2f} {row['gain_db']:>+8.2f} "

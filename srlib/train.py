@@ -41,8 +41,15 @@ from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from .models import available_models, build_model, count_parameters
-from .models.registry import model_presets
+from .models.registry import model_presets, takes_references
 from .plugins import load_plugins
+from .train_reference import (
+    check_reference_settings,
+    reference_patch_dataset,
+    split_batch,
+    validate_references,
+    write_reference_report,
+)
 from .utils import atomic_write, pick_device
 
 __all__ = ["TrainConfig", "PRESETS", "preset_config", "same_training_config", "train", "TrainingError", "write_run_report"]
@@ -100,6 +107,17 @@ class TrainConfig:
             attention (see :mod:`srlib.plugins`); loaded before the model is
             built and recorded in the checkpoint (``"plugins"``), so that
             :func:`srlib.checkpoint.model_from_checkpoint` loads them again.
+        references: reference crops per training sample, for a reference-based
+            model (``kind="reference"``, e.g. ``amrsr``; see
+            :mod:`srlib.train_reference`); ``None`` for single-image models.
+        train_scenes: multi-view training scenes of a reference model
+            (registered names or folders; ``None``: the default
+            :data:`srlib.data.reference.TRAIN_SCENES`); ``train_sets`` then give
+            the self-reference images.
+        reference_size: side of a reference crop in HR pixels (``None``: the HR patch side).
+        self_reference_prob: probability of a self-reference sample (``None``:
+            every source image equally likely; see
+            :class:`srlib.data.reference.ReferencePatchDataset`).
     """
 
     model: str = "edsr_baseline"
@@ -130,6 +148,10 @@ class TrainConfig:
     noise_sigma: float | None = None
     data_roots: list | None = None
     plugins: list | None = None
+    references: int | None = None
+    train_scenes: tuple | None = None
+    reference_size: int | None = None
+    self_reference_prob: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly dictionary (tuples become lists)."""
@@ -144,7 +166,7 @@ class TrainConfig:
         if unknown:
             raise TrainingError(f"unknown training options {sorted(unknown)}; known: {sorted(names)}")
         d = dict(d)
-        for key in ("train_sets", "final_sets"):
+        for key in ("train_sets", "final_sets", "train_scenes"):
             if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -335,6 +357,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     dataset: Any = None
+    reference_data: bool = False
     steps_per_epoch: int = 0
     step: int = 0
     train_seconds: float = 0.0
@@ -378,12 +401,8 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
         )
     from .models import model_kind
 
-    if model_kind(config.model) == "reference":
-        raise TrainingError(
-            f"{config.model!r} is a reference-based model (it takes reference images beside the LR input); "
-            "srlib train trains single-image models only so far: use the srlib.models API with reference "
-            "batches from srlib.data.reference"
-        )
+    reference_data = model_kind(config.model) == "reference"
+    check_reference_settings(config, reference_data)
     degradation = config.degradation_spec()
     try:
         degradation.check_scale(config.scale)
@@ -399,11 +418,14 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _learning_rate_factor(config, s))
     run = _Run(config=config, out=out, ckpt_path=ckpt_path, device=device, model=model,
                memory_format=memory_format, optimizer=optimizer, scheduler=scheduler,
-               steps_per_epoch=steps_per_epoch)
+               reference_data=reference_data, steps_per_epoch=steps_per_epoch)
     if resume:
         _resume(run)
     # Built after the RNG state is restored, as in the uninterrupted run (the patches
     # themselves are a pure function of (seed, epoch, index)).
+    if reference_data:
+        run.dataset = reference_patch_dataset(config, progress)
+        return run
     run.dataset = TrainPatchDataset(
         names=tuple(config.train_sets),
         scale=config.scale,
@@ -457,6 +479,8 @@ def _validate(run: _Run) -> float:
     from .evaluate import evaluate
 
     config = run.config
+    if run.reference_data:
+        return validate_references(run.model, config, run.device)
     scores = evaluate(
         run.model, [config.val_set], config.scale, roots=config.data_roots, device=run.device,
         progress=False, max_images=config.val_max_images, tile=config.val_tile,
@@ -466,15 +490,24 @@ def _validate(run: _Run) -> float:
     return scores[config.val_set]["psnr"]
 
 
-def _train_step(run: _Run, lr_patch: torch.Tensor, hr_patch: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """One optimiser step on a batch; returns the loss and the seconds it took (added to ``train_seconds``)."""
+def _train_step(run: _Run, batch) -> tuple[torch.Tensor, float]:
+    """One optimiser step on a batch; returns the loss and the seconds it took (added to ``train_seconds``).
+
+    ``batch``: ``(lr, hr)`` or a reference batch (see :func:`srlib.train_reference.split_batch`); a model
+    that takes references gets them, the single-image baseline of a reference architecture does not.
+    """
     tick = time.perf_counter()
     device, memory_format = run.device, run.memory_format
     use_bf16 = run.config.bf16 and device.type == "cuda"
+    lr_patch, hr_patch, references = split_batch(batch)
     lr_patch = lr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, p, p)
     hr_patch = hr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, s*p, s*p)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        sr_patch = run.model(lr_patch)
+        if references is not None and takes_references(run.model):
+            references = [r.to(device, memory_format=memory_format, non_blocking=True) for r in references]
+            sr_patch = run.model(lr_patch, references)  # references: K x (B, 3, R, R)
+        else:
+            sr_patch = run.model(lr_patch)
     loss = F.l1_loss(sr_patch.float(), hr_patch)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -503,8 +536,8 @@ def _train_until(run: _Run, last_step: int, bar) -> None:
             drop_last=True,
             pin_memory=run.device.type == "cuda",
         )
-        for lr_patch, hr_patch in loader:
-            loss, elapsed = _train_step(run, lr_patch, hr_patch)
+        for batch in loader:
+            loss, elapsed = _train_step(run, batch)
             step = run.step
             loss_value = loss.item()
             loss_sum += loss_value
@@ -535,12 +568,14 @@ def _finish(run: _Run, write_report: bool, progress: bool) -> dict:
     # The report scores every image of config.final_sets; when the validation set is one of
     # them, its score is the final validation PSNR (no second pass over the same images).
     reuse_report = (finished and write_report and config.val_set in config.final_sets
-                    and config.val_max_images is None)
+                    and config.val_max_images is None and not run.reference_data)
     if finished and not reuse_report:
         history["val_step"].append(run.step)
         history["val_psnr"].append(_validate(run))
     _save(run)
-    if finished and write_report:
+    if finished and write_report and run.reference_data:
+        result["metrics"] = write_reference_report(run.model, config, run.out, run.train_seconds, progress=progress)
+    elif finished and write_report:
         result["metrics"] = write_run_report(run.model, config, run.out, run.train_seconds, progress=progress)
         if reuse_report:
             history["val_step"].append(run.step)

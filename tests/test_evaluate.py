@@ -234,3 +234,20 @@ def test_tiled_and_untiled_set5_scores_agree_within_a_hundredth_of_a_db():
     tiled = evaluate(model, ["Set5"], 2, tile=64, tile_overlap=16, progress=False)["Set5"]
     assert abs(whole["psnr"] - tiled["psnr"]) < 0.01
     assert abs(whole["ssim"] - tiled["ssim"]) < 1e-4
+
+
+def test_paired_gain_bootstraps_the_mean_per_group_gain():
+    from srlib.evaluate import paired_gain
+
+    def result(values):
+        return {"groups": [{"name": f"{i:03d}", "psnr": v} for i, v in enumerate(values)]}
+
+    constant = paired_gain(result([30.5, 28.5, 31.5]), result([30.0, 28.0, 31.0]))
+    assert constant["mean"] == pytest.approx(0.5) and constant["low"] == pytest.approx(0.5)
+    assert constant["high"] == pytest.approx(0.5) and constant["wins"] == 3
+    gains = [0.0, 1.0, 0.2, -0.4, 0.6, 0.1, 0.3, 0.9]
+    spread = paired_gain(result([30 + g for g in gains]), result([30.0] * 8), seed=1)
+    assert -0.4 < spread["low"] < spread["mean"] < spread["high"] < 1.0 and spread["wins"] == 6
+    assert spread == paired_gain(result([30 + g for g in gains]), result([30.0] * 8), seed=1)
+    with pytest.raises(ValueError, match="same >= 2 groups"):
+        paired_gain(result([1.0, 2.0]), result([1.0, 2.0, 3.0]))

@@ -149,7 +149,25 @@ class _Stage(nn.Module):
         return x + self.blocks(self.fuse(y))  # (N, F, H, W)
 
 
-@register_model("amrsr", kind="reference")
+#: Training settings of the compact x4 model per preset (``srlib train --model amrsr --scale 4``): target
+#: patches of 24 LR pixels (96 HR) with 2 reference crops of 96 HR pixels, 8 per batch; multi-view samples
+#: from the training scenes and self-references from T91; validation on the shipped MultiViewRef_mini.
+_REFERENCE_TRAINING = {"scale": 4, "lr_patch": 24, "batch_size": 8, "references": 2, "train_sets": ["T91"],
+                       "val_set": "MultiViewRef_mini", "final_sets": ["MultiViewRef"]}
+
+
+@register_model(
+    "amrsr",
+    kind="reference",
+    presets={
+        "quick": {**_REFERENCE_TRAINING, "steps": 2400, "val_every": 600, "checkpoint_every": 600},
+        "full": {**_REFERENCE_TRAINING, "model_options": {"n_feats": 64, "n_blocks": [16, 8, 4]}},
+        "smoke": {**_REFERENCE_TRAINING, "references": 1, "lr_patch": 12, "batch_size": 2, "val_max_images": 1,
+                  "final_sets": ["MultiViewRef_mini"],
+                  "model_options": {"n_feats": 8, "n_blocks": [1, 1, 1], "head_blocks": 1,
+                                    "extractor_channels": [4, 8, 8]}},
+    },
+)
 class AMRSR(nn.Module):
     """The AMRSR generator (supplement Table 1, our reading for x4) with hierarchical multi-reference attention.
 
