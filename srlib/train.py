@@ -10,6 +10,10 @@ minutes on a laptop CPU:
 * ``full`` preset: the standard EDSR-baseline size for a GPU budget;
 * ``smoke`` preset: a few steps, for tests and notebooks in quick mode.
 
+A reference-based model (AMRSR) trains through the same loop on target patches with
+reference crops, and is validated and reported on reference group sets; what differs is in
+:mod:`srlib.train_reference`.
+
 ``PRESETS`` holds the settings every model shares; each model declares its own
 per preset (architecture size, patch size, validation tiles) when it registers
 (``@register_model(name, presets=...)``), so this module names no model.

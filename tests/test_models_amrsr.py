@@ -140,3 +140,39 @@ def test_cli_eval_and_upscale_with_references(tmp_path, capsys):
     assert main(["upscale", str(tmp_path / "t.png"), "--checkpoint", str(checkpoint), "-o",
                  str(tmp_path / "x.png")]) == 2
     assert "pass one or more --reference" in capsys.readouterr().err
+
+
+def test_bad_references_get_one_clear_error_and_other_sizes_are_fine():
+    """Zero references are refused (no silent single-image fallback); gray / RGBA tensors and tiny crops are errors."""
+    lr, references = _inputs(lr_size=(8, 8))
+    model = build_model("amrsr", 4, extractor="patches")
+    with pytest.raises(ValueError, match="pass references"):
+        model(lr, [])
+    for bad in (references[0][:, :1], torch.cat([references[0], references[0][:, :1]], 1), references[0][..., :8, :]):
+        with pytest.raises(ValueError, match=r"RGB batch \(N, 3, H_m, W_m\) like lr with H_m, W_m >= 12"):
+            model(lr, [bad])
+    wide = torch.rand(2, 3, 20, 100)  # another size and aspect than the target: fine
+    assert model(lr, [wide, references[1]]).shape == (2, 3, 32, 32)
+
+
+def test_cli_upscale_reads_gray_and_rgba_reference_files_as_rgb(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from srlib.cli import main
+
+    _, checkpoint = _tiny_reference_checkpoint(tmp_path)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    Image.fromarray(rng.integers(0, 256, (40, 52), dtype=np.uint8), "L").save(tmp_path / "gray.png")
+    rgba = rng.integers(0, 256, (44, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["upscale", str(tmp_path / "t.png"), "--checkpoint", str(checkpoint), "--reference",
+                     str(tmp_path / "gray.png"), "--reference", str(tmp_path / "rgba.png"), "-o",
+                     str(tmp_path / "sr.png")]) == 0
+    assert any("alpha" in str(w.message) for w in caught)  # the RGBA file's transparency is dropped, said so
