@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference-SR sets (MultiViewRef, ...): references per group, repeatable to compare "
                         "(default: all)")
     p.add_argument("--wrong-scene", action="store_true",
-                   help="reference-SR sets: the control, each target gets another scene's references")
+                   help="reference-SR sets: also score the control, each target given another scene's references")
+    p.add_argument("--baseline", metavar="PATH",
+                   help="reference-SR sets: a single-image checkpoint (e.g. the same generator without "
+                        "references); adds bicubic and it to the table, and each row's mean per-group PSNR gain "
+                        "over it with a 95%% bootstrap interval")
     _add_degradation(p, default=None, default_text="the one a --checkpoint was trained with, else bicubic")
     _add_data_root(p)
     _add_plugin(p)
@@ -377,23 +381,62 @@ def _eval_references(args) -> int:
         raise ValueError("reference-SR sets are made with bicubic LR images only")
     device = pick_device(args.device)
     model = _load_model(args, device)
-    results = {}
+    baseline = None
+    if args.baseline:
+        from .checkpoint import model_from_checkpoint
+        from .models import build_model, takes_references
+
+        baseline = model_from_checkpoint(args.baseline, expected_scale=args.scale, device=device)
+        if takes_references(baseline):
+            raise ValueError(f"--baseline {args.baseline} is a reference-based model; give a single-image "
+                             "checkpoint (e.g. trained with --option use_references=false)")
+    results, comparisons = {}, {}
     for dataset in args.dataset:
-        for n_refs in args.n_refs or [None]:
-            result = evaluate_references(model, dataset, args.scale, n_refs=n_refs, roots=_roots(args), device=device,
-                                         progress=not args.no_progress, max_groups=args.max_images,
-                                         wrong_scene=args.wrong_scene)
-            label = f"{result['dataset']} refs={result['n_refs'] or 'all'}" + (" wrong-scene" if args.wrong_scene else "")
+        def score(net, n_refs=None, wrong_scene=False, dataset=dataset):
+            return evaluate_references(net, dataset, args.scale, n_refs=n_refs, roots=_roots(args), device=device,
+                                       progress=not args.no_progress, max_groups=args.max_images,
+                                       wrong_scene=wrong_scene)
+
+        runs = [(f"refs={n or 'all'}" + (" wrong-scene" if wrong else ""), n, wrong)
+                for n in args.n_refs or [None] for wrong in ((False, True) if args.wrong_scene else (False,))]
+        own = {}
+        for tag, n_refs, wrong in runs:
+            result = own[tag] = score(model, n_refs, wrong)
+            label = f"{result['dataset']} {tag}"
             results[label] = result
             print(f"\n{args.checkpoint or args.model}  x{args.scale}  {label}  (Y channel, shave {args.scale})")
             print(f"{'group':<10} {'scene':<20} {'PSNR (dB)':>10} {'SSIM':>8}")
             for group in result["groups"]:
                 print(f"{group['name']:<10} {str(group['scene']):<20} {group['psnr']:>10.2f} {group['ssim']:>8.4f}")
             print(f"{'mean':<31} {result['psnr']:>10.2f} {result['ssim']:>8.4f}")
+        if baseline is not None:
+            comparisons[dataset] = _compare_to_baseline(
+                {"bicubic": score(build_model("bicubic", args.scale)), "baseline": score(baseline),
+                 **{f"{Path(args.checkpoint or args.model).name} {tag}": result for tag, result in own.items()}},
+                dataset, args)
+    if comparisons:
+        results["comparison"] = comparisons
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def _compare_to_baseline(rows: dict, dataset: str, args) -> dict:
+    """Print and return the table of ``srlib eval --baseline``: mean PSNR/SSIM and the paired gain over the baseline."""
+    from .evaluate import paired_gain
+
+    print(f"\n{dataset} x{args.scale}: mean over groups (Y, shave {args.scale}); gain = mean per-group PSNR gain "
+          f"over --baseline, [95% bootstrap interval over groups], wins = groups with a positive gain")
+    print(f"{'':<48} {'PSNR (dB)':>10} {'SSIM':>8} {'gain (dB)':>10} {'95% interval':>17} {'wins':>7}")
+    table = {}
+    for name, result in rows.items():
+        gain = paired_gain(result, rows["baseline"]) if name != "baseline" else None
+        table[name] = {"psnr": result["psnr"], "ssim": result["ssim"], "gain_over_baseline": gain}
+        extra = (f"{gain['mean']:>+10.2f} [{gain['low']:>+6.2f}, {gain['high']:>+6.2f}] {gain['wins']:>3}/{gain['groups']:<3}"
+                 if gain else "")
+        print(f"{name[-48:]:<48} {result['psnr']:>10.2f} {result['ssim']:>8.4f} {extra}")
+    return table
 
 
 def train_config_from_args(args, plugins: list[str] | None = None):

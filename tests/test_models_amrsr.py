@@ -176,3 +176,28 @@ def test_cli_upscale_reads_gray_and_rgba_reference_files_as_rgb(tmp_path):
                      str(tmp_path / "gray.png"), "--reference", str(tmp_path / "rgba.png"), "-o",
                      str(tmp_path / "sr.png")]) == 0
     assert any("alpha" in str(w.message) for w in caught)  # the RGBA file's transparency is dropped, said so
+
+
+def test_cli_eval_against_a_baseline_adds_bicubic_the_baseline_and_paired_gains(tmp_path, capsys):
+    import json
+
+    from srlib.checkpoint import checkpoint_payload, save_checkpoint
+    from srlib.cli import main
+
+    _, checkpoint = _tiny_reference_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    single = build_model("amrsr", 4, n_feats=8, n_blocks=(1, 1, 1), head_blocks=1, use_references=False)
+    baseline = save_checkpoint(tmp_path / "single.pt", checkpoint_payload(single))
+    out = tmp_path / "table.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--baseline", str(baseline), "--scale", "4", "--dataset",
+                 "MultiViewRef_mini", "--n-refs", "1", "--wrong-scene", "--no-progress", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["comparison"]["MultiViewRef_mini"]
+    assert list(table) == ["bicubic", "baseline", "amrsr.pt refs=1", "amrsr.pt refs=1 wrong-scene"]
+    assert table["baseline"]["gain_over_baseline"] is None
+    gain = table["amrsr.pt refs=1"]["gain_over_baseline"]
+    assert gain["low"] <= gain["mean"] <= gain["high"] and gain["groups"] == 3
+    assert gain["mean"] == pytest.approx(table["amrsr.pt refs=1"]["psnr"] - table["baseline"]["psnr"])
+    assert "95% bootstrap interval" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(checkpoint), "--baseline", str(checkpoint), "--scale", "4", "--dataset",
+                 "MultiViewRef_mini", "--no-progress"]) == 2
+    assert "is a reference-based model; give a single-image checkpoint" in capsys.readouterr().err
