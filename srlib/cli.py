@@ -6,7 +6,9 @@ Sub-commands::
     srlib eval     (--model bicubic | --checkpoint PATH) --scale S --dataset NAME [--dataset NAME ...] [--json FILE]
                    [--degradation bicubic|bd|dn [--noise SIGMA]] [--plugin FILE.py ...]
     srlib train    --preset quick|full --model NAME --scale S --out DIR [--resume] [--val-tile PX]
+                   [--stop-after STEP] [--checkpoint-minutes MIN]
                    [--degradation bicubic|bd|dn [--noise SIGMA]] [--plugin FILE.py ...]
+                   (several processes: torchrun --nproc_per_node=K -m srlib train ...)
     srlib upscale  IMAGE (--checkpoint PATH | --model bicubic --scale S) -o OUT.png [--plugin FILE.py ...]
     srlib models   [--scale S] [--option KEY=VALUE ...]
     srlib export   CHECKPOINT -o SLIM.pt [--half]
@@ -124,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="stop with a checkpoint once this step is reached, without the report (continue later "
+                        "with --resume); the run's schedule still spans --steps")
+    p.add_argument("--checkpoint-minutes", type=float, default=None, metavar="MIN",
+                   help="also save checkpoint.pt every MIN minutes of wall clock (default 5; 0: only every "
+                        "checkpoint_every steps)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="patches per step; under torchrun the global batch, split evenly over the processes")
     p.add_argument("--lr-patch", type=int, default=None, metavar="PX", help="LR training patch size in pixels")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -463,7 +472,7 @@ def train_config_from_args(args, plugins: list[str] | None = None):
         device=args.device, data_roots=_roots(args), val_tile=args.val_tile or None, plugins=plugins or None,
         degradation=degradation.name, noise_sigma=degradation.noise_sigma,
         references=args.references, train_scenes=tuple(args.train_scene) if args.train_scene else None,
-        reference_size=args.reference_size,
+        reference_size=args.reference_size, checkpoint_minutes=args.checkpoint_minutes,
     )
     config = preset_config(args.preset, **overrides)
     degradation.check_scale(config.scale)
@@ -479,9 +488,15 @@ def _cmd_train(args) -> int:
 
     # Plug-ins are loaded before the model name is checked, and recorded in the checkpoint.
     config = train_config_from_args(args, plugins=_plugins(args))
-    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ValueError(f"--stop-after must be a step >= 1, got {args.stop_after}")
+    result = train(config, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    if result["rank"] != 0:
+        return 0  # under torchrun, rank 0 reports for every process
     metrics = result.get("metrics")
-    print(f"\nsaved {result['checkpoint']} after {result['step']} steps ({result['train_seconds']:.0f} s of training)")
+    processes = f" on {result['world_size']} processes" if result["world_size"] > 1 else ""
+    print(f"\nsaved {result['checkpoint']} after {result['step']} steps{processes} "
+          f"({result['train_seconds']:.0f} s of training)")
     if metrics and "takes_references" in metrics:
         print(f"{'dataset':<14} {'refs':>9} {'model dB':>9} {'bicubic dB':>11} {'gain dB':>8} {'model SSIM':>11}")
         for ds, row in metrics["datasets"].items():

@@ -20,10 +20,17 @@ per preset (architecture size, patch size, validation tiles) when it registers
 
 Everything a run needs to continue is in ``<out>/checkpoint.pt`` (model,
 optimizer, scheduler, step, RNG states, configuration, loss history), written
-atomically every ``checkpoint_every`` steps, at the end, and when the run is
-interrupted with Ctrl-C.  ``train(config, out, resume=True)`` continues from
-it; because the training patches are a pure function of (seed, epoch, index),
-a resumed run sees exactly the batches the uninterrupted run would have seen.
+atomically every ``checkpoint_every`` steps, about every ``checkpoint_minutes``
+of wall clock, at the end, and when the run is interrupted with Ctrl-C.
+``train(config, out, resume=True)`` continues from it; because the training
+patches are a pure function of (seed, epoch, index), a resumed run sees exactly
+the batches the uninterrupted run would have seen, whichever step it stopped at.
+
+Started by ``torchrun --nproc_per_node=K -m srlib train ...``, the same loop
+trains with DistributedDataParallel on ``K`` processes (see
+:mod:`srlib.distributed`): each reads its slice of the same global batches,
+rank 0 alone writes the checkpoint and the report, and a checkpoint written by
+either kind of run resumes in the other.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from .models import available_models, build_model, count_parameters
 from .models.registry import model_presets, takes_references
@@ -79,7 +87,8 @@ class TrainConfig:
             whose cost grows with the square of the number of positions need it.
         final_sets: datasets scored at the end in ``metrics.json``.
         lr_patch: LR patch size in pixels (HR patch = ``scale * lr_patch``).
-        batch_size: patches per step.
+        batch_size: patches per step; under torchrun the global batch, split evenly
+            over the processes (it must be a multiple of their number).
         steps: optimiser steps in the whole run.
         learning_rate: peak learning rate of Adam.
         min_learning_rate: learning rate at the end of the cosine schedule.
@@ -89,6 +98,11 @@ class TrainConfig:
             deterministic patch sequence).
         val_every: validate every N steps (0: only at the end).
         checkpoint_every: save ``checkpoint.pt`` every N steps (0: only at the end).
+        checkpoint_minutes: also save it at the first logging step (every ``log_every``
+            steps) once this many minutes of wall clock have passed since the last save
+            (0: never by the clock), so that a run stopped between two step-based
+            checkpoints keeps most of its work; a run resumed from such a checkpoint
+            sees the batches of the uninterrupted run and logs the same losses.
         log_every: record the mean training loss every N steps.
         num_workers: DataLoader worker processes.
         seed: seeds weight initialisation and the patch sequence.
@@ -141,6 +155,7 @@ class TrainConfig:
     samples_per_epoch: int = 16000
     val_every: int = 500
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 5.0
     log_every: int = 10
     num_workers: int = 0
     seed: int = 0
@@ -290,17 +305,27 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class _OffsetSampler(torch.utils.data.Sampler):
-    """Indices ``start, start + 1, ..., length - 1``: lets a resumed run begin mid-epoch."""
+class _ShardSampler(torch.utils.data.Sampler):
+    """This process's sample indices of global batches ``first, first + 1, ..., count - 1`` of an epoch.
 
-    def __init__(self, start: int, length: int):
-        self.start, self.length = start, length
+    Global batch ``g`` holds samples ``g B .. g B + B - 1`` (``B = batch_size``); process ``rank``
+    of ``world_size`` reads its ``b = B / world_size`` consecutive ones from ``g B + rank b``, so the
+    processes together read the batches of a single process (which reads them all) in its order,
+    and a resumed run can begin mid-epoch.
+    """
+
+    def __init__(self, first: int, count: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.first, self.count = first, count
+        self.batch_size, self.share = batch_size, distributed.rank_batch_size(batch_size, world_size)
+        self.offset = rank * self.share
 
     def __iter__(self):
-        return iter(range(self.start, self.length))
+        for batch in range(self.first, self.count):
+            start = batch * self.batch_size + self.offset
+            yield from range(start, start + self.share)
 
     def __len__(self):
-        return self.length - self.start
+        return (self.count - self.first) * self.share
 
 
 def _same_architecture(model: str, scale: int, saved_options: dict, options: dict) -> bool:
@@ -315,12 +340,13 @@ def _same_architecture(model: str, scale: int, saved_options: dict, options: dic
 
 
 def same_training_config(saved: dict, config: TrainConfig,
-                         ignore: tuple[str, ...] = ("plugins", "data_roots")) -> bool:
+                         ignore: tuple[str, ...] = ("plugins", "data_roots", "checkpoint_minutes")) -> bool:
     """True when a saved configuration (``TrainConfig.to_dict()`` of a run or run record) trains what ``config`` does.
 
     Fields missing from an older run take their defaults, model options spelled by an older
     srlib are upgraded first, and the models are compared by the network they build. The
-    fields in ``ignore`` (machine-specific paths by default) are not compared.
+    fields in ``ignore`` (machine-specific paths and the wall-clock checkpoint interval by default,
+    neither of which changes what is trained) are not compared.
     """
     a, b = TrainConfig.from_dict(saved).to_dict(), config.to_dict()
     for key in ignore:
@@ -350,7 +376,13 @@ def _empty_history() -> dict[str, list]:
 
 @dataclass
 class _Run:
-    """The state of one training run, shared by the helpers of :func:`train`."""
+    """The state of one training run, shared by the helpers of :func:`train`.
+
+    ``model`` is the network itself (what is validated and saved); ``net`` is what a training
+    step calls: the same module, or its DistributedDataParallel wrapper under torchrun
+    (``group``, ``None`` for a single process). ``rank_batch`` is this process's share of
+    ``config.batch_size``; ``last_save`` the wall clock (``_wall_clock``) of the last save.
+    """
 
     config: TrainConfig
     out: Path
@@ -366,15 +398,102 @@ class _Run:
     step: int = 0
     train_seconds: float = 0.0
     history: dict[str, list] = field(default_factory=_empty_history)
+    group: distributed.ProcessGroup | None = None
+    net: torch.nn.Module | None = None
+    rank_batch: int = 0
+    last_save: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        """True for a single process and for rank 0 of several (the one that writes files)."""
+        return self.group is None or self.group.is_main
 
 
-def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progress: bool) -> _Run:
-    """Check the settings, load the plugins, build model, optimiser and scheduler; resume; open the data."""
-    from .data import TrainPatchDataset  # local import keeps `import srlib.train` light
+# Wall clock of the time-based checkpoints, in seconds (a module attribute so tests can drive it).
+_wall_clock = time.monotonic
 
+
+def _rank_failure(group: distributed.ProcessGroup, where: str, failed: list[int],
+                  error: BaseException | None) -> TrainingError:
+    """The error each process raises when ``failed`` ranks reported a failure ``where``."""
+    here = f"rank {group.rank} of {group.world_size}"
+    if error is not None:
+        kind = "" if isinstance(error, TrainingError) else f"{type(error).__name__}: "
+        failure = TrainingError(f"{here} failed {where}: {kind}{error}")
+        failure.__cause__ = error
+        return failure
+    ranks = ", ".join(str(rank) for rank in failed)
+    return TrainingError(f"{here} stopped: rank {ranks} failed {where} (its error is printed by that process)")
+
+
+def _agree(run_or_group, where: str, error: BaseException | None, values: tuple[float, ...] = ()) -> list[float]:
+    """Sum ``values`` over the processes and stop all of them if any failed (one process: raise ``error``).
+
+    Every process calls it at the same point with the exception it caught there (or ``None``),
+    so one process's failure is reported by it (its rank and message) and ends the others
+    at once instead of leaving them waiting in the next collective.
+
+    Raises:
+        TrainingError: some process failed (under torchrun); the failing one's message
+            names its rank and error, the others name the failing rank.
+        Exception: ``error`` itself, for a single process.
+    """
+    group = getattr(run_or_group, "group", run_or_group)
+    if group is None:
+        if error is not None:
+            raise error
+        return list(values)
+    sums, failed = distributed.exchange(group, values, error is not None)
+    if failed:
+        raise _rank_failure(group, where, failed, error)
+    return sums
+
+
+def _together(group: distributed.ProcessGroup | None, where: str, work):
+    """``work()`` on every process; if it fails on any, all of them stop (see :func:`_agree`). Returns its result."""
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as caught:  # reported to every process by _agree
+        if group is None:
+            raise
+        error = caught
+    _agree(group, where, error)
+    return result
+
+
+def _on_main(run: _Run, where: str, work) -> float:
+    """``work()`` on rank 0 alone (validation, saving) while the others wait; its number on every process.
+
+    ``work`` returns a float (sent to every process) or ``None`` (0.0). An error in it
+    stops every process (see :func:`_agree`).
+    """
+    if run.group is None:
+        value = work()
+        return 0.0 if value is None else value
+    value, error = 0.0, None
+    if run.is_main:
+        try:
+            result = work()
+            value = 0.0 if result is None else float(result)
+        except Exception as caught:  # noqa: BLE001 - reported to every process by _agree
+            error = caught
+    return _agree(run, where, error, (value,))[0]
+
+
+def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progress: bool,
+           group: distributed.ProcessGroup | None = None) -> tuple[_Run, dict | None]:
+    """Check the settings, load the plugins, build model, optimiser and scheduler; read a resumed checkpoint.
+
+    Returns the run and the payload of ``checkpoint.pt`` to resume from (``None`` without
+    ``resume``; under torchrun only rank 0 reads it, the others get ``None``). Only rank 0
+    touches the output folder.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
+    main = group is None or group.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if config.steps < 1:
         raise TrainingError(f"steps must be >= 1, got {config.steps}")
     if config.model == "bicubic":
@@ -389,11 +508,15 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
         # Checked now rather than at the first validation, after minutes of training.
         raise TrainingError(f"val_tile must be a positive number of LR pixels or None (whole images), "
                             f"got {config.val_tile!r}")
-    if ckpt_path.exists() and not resume:
+    minutes = config.checkpoint_minutes
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+        raise TrainingError(f"checkpoint_minutes must be a number of minutes >= 0 (0: no time-based checkpoints), "
+                            f"got {minutes!r}")
+    if main and ckpt_path.exists() and not resume:
         raise TrainingError(
             f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out"
         )
-    if resume and not ckpt_path.exists():
+    if main and resume and not ckpt_path.exists():
         raise TrainingError(f"--resume was given but {ckpt_path} does not exist; start a run without --resume")
     if config.plugins:
         # Recorded as absolute paths, so that the checkpoint loads them from anywhere.
@@ -413,7 +536,7 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
     except ValueError as error:
         raise TrainingError(str(error)) from None
 
-    device = pick_device(config.device)
+    device = pick_device(config.device) if group is None else group.device
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.scale, **config.model_options).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -422,14 +545,24 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _learning_rate_factor(config, s))
     run = _Run(config=config, out=out, ckpt_path=ckpt_path, device=device, model=model,
                memory_format=memory_format, optimizer=optimizer, scheduler=scheduler,
-               reference_data=reference_data, steps_per_epoch=steps_per_epoch)
-    if resume:
-        _resume(run)
-    # Built after the RNG state is restored, as in the uninterrupted run (the patches
-    # themselves are a pure function of (seed, epoch, index)).
-    if reference_data:
+               reference_data=reference_data, steps_per_epoch=steps_per_epoch, group=group, net=model,
+               rank_batch=distributed.rank_batch_size(config.batch_size, 1 if group is None else group.world_size))
+    payload = None
+    if resume and main:
+        # Several processes: read on the CPU, sent to the others, then moved by load_state_dict.
+        payload = load_checkpoint(ckpt_path, map_location=device if group is None else "cpu")
+        _check_resume_compatible(payload.get("config", {}), config, ckpt_path)
+    return run, payload
+
+
+def _open_data(run: _Run, progress: bool) -> None:
+    """The training patches of the run (built after a resumed RNG state is restored, as in the uninterrupted run)."""
+    from .data import TrainPatchDataset  # local import keeps `import srlib.train` light
+
+    config = run.config
+    if run.reference_data:
         run.dataset = reference_patch_dataset(config, progress)
-        return run
+        return
     run.dataset = TrainPatchDataset(
         names=tuple(config.train_sets),
         scale=config.scale,
@@ -440,15 +573,37 @@ def _setup(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progre
         roots=config.data_roots,
         max_images=config.max_train_images,
         progress=progress,
-        degradation=degradation,
+        degradation=config.degradation_spec(),
     )
+
+
+def _start_run(config: TrainConfig, out_dir: str | os.PathLike, resume: bool, progress: bool,
+               group: distributed.ProcessGroup | None) -> _Run:
+    """Set up, resume and open the data; under torchrun every process passes each stage or all stop."""
+    run, payload = _together(group, "while setting up", lambda: _setup(config, out_dir, resume, progress, group))
+    if resume:
+        if group is not None:
+            payload = distributed.broadcast(group, payload)  # read by rank 0 alone
+        _together(group, "while resuming", lambda: _resume(run, payload))
+    _together(group, "while reading the training images", lambda: _open_data(run, progress))
+    if group is not None:
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # No buffer broadcast before each forward (the models' buffers are constants, synced once
+        # here), so that a forward pass is no collective; static_graph lets models with parameters
+        # a step never uses (CSNLN) train. torch >= 2.13 spells the first forward_sync_buffers.
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
+                   .parameters else "broadcast_buffers")
+        run.net = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda"
+                                          else None, static_graph=True, **{no_sync: False})
+    run.last_save = _wall_clock()
     return run
 
 
-def _resume(run: _Run) -> None:
-    """Restore weights, optimiser, scheduler, step, history, time and RNG state from ``run.ckpt_path``."""
-    payload = load_checkpoint(run.ckpt_path, map_location=run.device)
-    _check_resume_compatible(payload.get("config", {}), run.config, run.ckpt_path)
+def _resume(run: _Run, payload: dict) -> None:
+    """Restore weights, optimiser, scheduler, step, history, time and RNG state from a checkpoint's payload."""
     from .models.registry import upgrade_checkpoint
 
     # A run saved by an older srlib: its weights are mapped onto today's layer names first.
@@ -463,7 +618,9 @@ def _resume(run: _Run) -> None:
 
 
 def _save(run: _Run) -> None:
-    """Write ``checkpoint.pt`` atomically: the model's payload plus everything a resumed run needs."""
+    """Write ``checkpoint.pt`` atomically: the model's payload plus everything a resumed run needs (rank 0 only)."""
+    if not run.is_main:
+        return
     payload = checkpoint_payload(
         run.model,
         optimizer_state=run.optimizer.state_dict(),
@@ -476,6 +633,7 @@ def _save(run: _Run) -> None:
         plugins=list(run.config.plugins or []),
     )
     save_checkpoint(run.ckpt_path, payload)
+    run.last_save = _wall_clock()
 
 
 def _validate(run: _Run) -> float:
@@ -494,38 +652,68 @@ def _validate(run: _Run) -> float:
     return scores[config.val_set]["psnr"]
 
 
-def _train_step(run: _Run, batch) -> tuple[torch.Tensor, float]:
-    """One optimiser step on a batch; returns the loss and the seconds it took (added to ``train_seconds``).
+def _checkpoint_due(run: _Run) -> bool:
+    """Whether ``config.checkpoint_minutes`` of wall clock have passed since the last save (rank 0's clock)."""
+    minutes = run.config.checkpoint_minutes
+    return bool(run.is_main and minutes and _wall_clock() - run.last_save >= 60.0 * minutes)
 
-    ``batch``: ``(lr, hr)`` or a reference batch (see :func:`srlib.train_reference.split_batch`); a model
-    that takes references gets them, the single-image baseline of a reference architecture does not.
+
+def _train_step(run: _Run, batches) -> tuple[float, float, bool]:
+    """One optimiser step on the next batch of ``batches``.
+
+    A batch is ``(lr, hr)`` or a reference batch (see :func:`srlib.train_reference.split_batch`),
+    this process's share of the global batch; a model that takes references gets them, the
+    single-image baseline of a reference architecture does not.
+
+    Returns:
+        The L1 loss of the whole global batch, the seconds the step took (added to
+        ``train_seconds``) and whether a time-based checkpoint is due (rank 0's clock,
+        known to every process).
     """
     tick = time.perf_counter()
     device, memory_format = run.device, run.memory_format
     use_bf16 = run.config.bf16 and device.type == "cuda"
-    lr_patch, hr_patch, references = split_batch(batch)
-    lr_patch = lr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, p, p)
-    hr_patch = hr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (B, 3, s*p, s*p)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        if references is not None and takes_references(run.model):
-            references = [r.to(device, memory_format=memory_format, non_blocking=True) for r in references]
-            sr_patch = run.model(lr_patch, references)  # references: K x (B, 3, R, R)
-        else:
-            sr_patch = run.model(lr_patch)
-    loss = F.l1_loss(sr_patch.float(), hr_patch)
+    error = loss = None
+    try:
+        lr_patch, hr_patch, references = split_batch(next(batches))
+        lr_patch = lr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (b, 3, p, p)
+        hr_patch = hr_patch.to(device, memory_format=memory_format, non_blocking=True)  # (b, 3, s*p, s*p)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            if references is not None and takes_references(run.model):
+                references = [r.to(device, memory_format=memory_format, non_blocking=True) for r in references]
+                sr_patch = run.net(lr_patch, references)  # references: K x (b, 3, R, R)
+            else:
+                sr_patch = run.net(lr_patch)  # (b, 3, s*p, s*p)
+        loss = F.l1_loss(sr_patch.float(), hr_patch)  # mean over this process's b patches
+    except Exception as caught:
+        if run.group is None:
+            raise
+        error = caught
+    due = _checkpoint_due(run)
+    loss_value = None
+    if run.group is not None:
+        # Before backward (whose gradient all-reduce would wait for a failed process): the mean
+        # loss over the global batch (equal shares), the clock of rank 0, who failed.
+        share = loss.item() / run.group.world_size if error is None else 0.0
+        loss_value, votes = _agree(run, f"in step {run.step + 1}", error, (share, float(due)))
+        due = votes > 0
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # several processes: DDP averages the gradients over them here
     run.optimizer.step()
     run.scheduler.step()
     run.step += 1
+    if loss_value is None:
+        loss_value = loss.item()
     elapsed = time.perf_counter() - tick
     run.train_seconds += elapsed
-    return loss.detach(), elapsed
+    return loss_value, elapsed, due
 
 
 def _train_until(run: _Run, last_step: int, bar) -> None:
     """Steps until ``last_step``, logging the loss, validating and checkpointing on schedule."""
     config = run.config
+    world_size = 1 if run.group is None else run.group.world_size
+    rank = 0 if run.group is None else run.group.rank
     run.model.train()
     loss_sum, loss_count = 0.0, 0
     val_psnr = run.history["val_psnr"][-1] if run.history["val_psnr"] else float("nan")
@@ -534,28 +722,30 @@ def _train_until(run: _Run, last_step: int, bar) -> None:
         run.dataset.set_epoch(epoch)
         loader = DataLoader(
             run.dataset,
-            batch_size=config.batch_size,
-            sampler=_OffsetSampler(offset * config.batch_size, run.steps_per_epoch * config.batch_size),
+            batch_size=run.rank_batch,
+            sampler=_ShardSampler(offset, run.steps_per_epoch, config.batch_size, rank, world_size),
             num_workers=config.num_workers,
             drop_last=True,
             pin_memory=run.device.type == "cuda",
         )
-        for batch in loader:
-            loss, elapsed = _train_step(run, batch)
+        batches = iter(loader)
+        for _ in range(len(loader)):
+            loss_value, elapsed, clock_due = _train_step(run, batches)
             step = run.step
-            loss_value = loss.item()
             loss_sum += loss_value
             loss_count += 1
-            if step % config.log_every == 0 or step == last_step:
+            logged = step % config.log_every == 0 or step == last_step
+            if logged:
                 run.history["step"].append(step)
                 run.history["loss"].append(loss_sum / loss_count)
                 loss_sum, loss_count = 0.0, 0
             if config.val_every and step % config.val_every == 0 and step < config.steps:
-                val_psnr = _validate(run)
+                val_psnr = _on_main(run, f"while validating at step {step}", lambda: _validate(run))
                 run.history["val_step"].append(step)
                 run.history["val_psnr"].append(val_psnr)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                _save(run)
+            # By the clock only where the loss was just logged, so that no partial loss mean is lost.
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or (clock_due and logged):
+                _on_main(run, f"while saving the checkpoint at step {step}", lambda: _save(run))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{config.batch_size / max(elapsed, 1e-9):.0f}",
                             val_psnr=f"{val_psnr:.2f}")
@@ -564,10 +754,13 @@ def _train_until(run: _Run, last_step: int, bar) -> None:
 
 
 def _finish(run: _Run, write_report: bool, progress: bool) -> dict:
-    """Final validation, checkpoint and (for a finished run) ``metrics.json`` / ``comparison.png``."""
+    """Final validation, checkpoint and (for a finished run) ``metrics.json`` / ``comparison.png``; rank 0 only."""
     config, history = run.config, run.history
     result: dict[str, Any] = {"step": run.step, "history": history, "checkpoint": str(run.ckpt_path),
-                              "train_seconds": run.train_seconds}
+                              "train_seconds": run.train_seconds, "rank": 0 if run.group is None else run.group.rank,
+                              "world_size": 1 if run.group is None else run.group.world_size}
+    if not run.is_main:
+        return result  # nothing left to compute together: the other processes end here
     finished = run.step >= config.steps
     # The report scores every image of config.final_sets; when the validation set is one of
     # them, its score is the final validation PSNR (no second pass over the same images).
@@ -598,12 +791,21 @@ def train(
 ) -> dict:
     """Train a model and write ``checkpoint.pt``, ``metrics.json`` and ``comparison.png``.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), every process calls it
+    with the same arguments and they train one model with DistributedDataParallel
+    (:mod:`srlib.distributed`; gloo on the CPU, NCCL on CUDA, ``cuda:LOCAL_RANK`` per process):
+    each reads ``config.batch_size / WORLD_SIZE`` patches of every global batch of the same
+    patch sequence, and rank 0 alone reads and writes the output folder, validates, shows
+    progress and writes the report. The weights then match a single process's run with the
+    same global batch up to the order of float32 sums, and a checkpoint of either kind of run
+    resumes in the other.
+
     Args:
         config: the run's settings (see :class:`TrainConfig`, :func:`preset_config`).
         out_dir: output folder; created if needed.
         resume: continue from ``out_dir/checkpoint.pt``.  Without it, an
             existing checkpoint there is an error (nothing is overwritten).
-        progress: show a tqdm bar with loss, images/s and the last validation PSNR.
+        progress: show a tqdm bar with loss, images/s and the last validation PSNR (rank 0 only).
         stop_after: stop (with a checkpoint) once this global step is reached,
             as an interruption would; ``None`` runs to ``config.steps``.
         write_report: at the end, score ``config.final_sets`` against bicubic
@@ -611,31 +813,48 @@ def train(
 
     Returns:
         A dict with ``"step"``, ``"history"`` (``{"step": [...], "loss": [...],
-        "val_step": [...], "val_psnr": [...]}``), ``"checkpoint"`` (path),
-        ``"train_seconds"`` and, when written, ``"metrics"``.
+        "val_step": [...], "val_psnr": [...]}``; the loss is the mean L1 over the global
+        batch), ``"checkpoint"`` (path), ``"train_seconds"``, ``"rank"`` and
+        ``"world_size"`` (0 and 1 for a single process) and, when written (rank 0),
+        ``"metrics"``.
 
     Raises:
         TrainingError: bad settings, an unknown model, a checkpoint already in
             ``out_dir`` without ``resume``, or a checkpoint that does not match
-            the settings.
+            the settings; under torchrun, a global batch that the processes cannot
+            share evenly, and any error of any process (the failing process names its
+            rank and error, the others the failing rank), so that none is left waiting.
         srlib.plugins.PluginError: a file of ``config.plugins`` is missing or fails to import.
         srlib.data.DatasetNotFoundError: a training or validation set is missing.
+        ValueError: a bad torchrun environment or device for several processes
+            (see :func:`srlib.distributed.start`).
     """
-    run = _setup(config, out_dir, resume, progress)
-    last_step = run.config.steps if stop_after is None else min(stop_after, run.config.steps)
-    bar = tqdm(total=run.config.steps, initial=run.step, desc=f"train {run.config.model} x{run.config.scale}",
-               disable=not progress, unit="step", dynamic_ncols=True)
+    layout = distributed.process_layout()
+    if layout is not None:
+        try:
+            distributed.rank_batch_size(config.batch_size, layout[2])
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
+    group = distributed.start(config.device)
     try:
-        _train_until(run, last_step, bar)
-    except KeyboardInterrupt:
-        _save(run)
-        raise TrainingError(
-            f"training interrupted at step {run.step}; saved {run.ckpt_path}. "
-            "Continue with the same command plus --resume"
-        ) from None
+        run = _start_run(config, out_dir, resume, progress and (group is None or group.is_main), group)
+        progress = progress and run.is_main
+        last_step = run.config.steps if stop_after is None else min(stop_after, run.config.steps)
+        bar = tqdm(total=run.config.steps, initial=run.step, desc=f"train {run.config.model} x{run.config.scale}",
+                   disable=not progress, unit="step", dynamic_ncols=True)
+        try:
+            _train_until(run, last_step, bar)
+        except KeyboardInterrupt:
+            _save(run)
+            raise TrainingError(
+                f"training interrupted at step {run.step}; saved {run.ckpt_path}. "
+                "Continue with the same command plus --resume"
+            ) from None
+        finally:
+            bar.close()
+        return _finish(run, write_report, progress)
     finally:
-        bar.close()
-    return _finish(run, write_report, progress)
+        distributed.stop(group)
 
 
 def write_run_report(model: torch.nn.Module, config: TrainConfig, out: Path, train_seconds: float,
