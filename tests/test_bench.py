@@ -1,6 +1,7 @@
 """The attention benchmark: cases come from the registry (and --module files), every case is recorded,
 the memory measurement sees a known allocation, refusals are recorded instead of raised, the command
-writes its files."""
+writes its files; every measurement carries its declared arithmetic, its rate against the matmul rate
+of the same run and the spread of its timed passes (a noisy one is flagged)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,24 @@ from torch import nn
 
 import srlib.bench
 from srlib.attention import register_attention
-from srlib.attention.registry import ATTENTION
+from srlib.attention.registry import ATTENTION, attention_entry, attention_multiply_adds
 from srlib.bench import (
     CALIBRATION_CASES,
+    NOISE_THRESHOLD,
+    QUICK_MATMUL_SIZE,
     QUICK_SIZES,
     QUICK_SWEEP_SIZES,
+    add_rates,
     attention_cases,
     build_attention_case,
     format_attention_report,
+    measure_matmul,
     measure_one,
     plot_attention_benchmark,
     resolve_cases,
     run_attention_benchmark,
     summarise_attention_benchmark,
+    timing_statistics,
 )
 from srlib.bench.__main__ import main as bench_module_main
 from srlib.cli import main
@@ -37,16 +43,30 @@ OUTCOMES = {"ok", "refused"}
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def _check_record(record):
-    """A record either has a positive time and a non-negative memory, or says why not."""
+RATE_FIELDS = ("multiply_adds", "gflop", "gflops", "matmul_fraction", "time_min_ms", "time_max_ms", "time_spread",
+               "noisy")
+
+
+def _check_record(record, matmul_gflops=None):
+    """A record either has a positive time and a non-negative memory, or says why not; its rates are consistent."""
     assert record["status"] in OUTCOMES, record
+    assert set(RATE_FIELDS) <= set(record), record
     if record["status"] == "ok":
         assert record["time_ms"] > 0 and all(t > 0 for t in record["times_ms"]), record
         assert record["memory_mib"] is not None and record["memory_mib"] >= 0, record
         assert record["memory_method"], record
+        assert record["time_min_ms"] <= record["time_ms"] <= record["time_max_ms"], record
+        if record["gflop"] is None:
+            assert record["gflops"] is None and record["matmul_fraction"] is None, record
+        else:
+            assert record["gflop"] == pytest.approx(2 * record["multiply_adds"] / 1e9), record
+            assert record["gflops"] == pytest.approx(record["gflop"] / (record["time_ms"] / 1000)), record
+            if matmul_gflops is not None:
+                assert record["matmul_fraction"] == pytest.approx(record["gflops"] / matmul_gflops), record
     else:
         assert record["reason"], record
         assert record["time_ms"] is None
+        assert record["gflops"] is None and record["matmul_fraction"] is None, record
 
 
 def _spec(case, size=12, **extra):
@@ -97,7 +117,7 @@ def test_json_has_every_requested_case_and_size(quick_cli_run):
     measured = {(r["case"], r["size"]): r for r in result["measurements"]}
     assert set(measured) == {(c, s) for c in cases for s in sizes}
     for record in measured.values():
-        _check_record(record)
+        _check_record(record, result["matmul_gflops"])
         assert record["positions"] == record["size"] ** 2
     rows = result["summary"]["table"]
     assert {(r["case"], r["size"]) for r in rows} == {(c, s) for c in cases for s in QUICK_SIZES}
@@ -106,6 +126,30 @@ def test_json_has_every_requested_case_and_size(quick_cli_run):
                                                  "options": {"n_rounds": 2}, "module": None}
     assert result["case_details"]["memory_probe"]["source"] == "calibration"
     assert result["cases"]["nlsa_r2"].startswith("nlsa(n_rounds=2): ")
+
+
+def test_json_has_the_matmul_rate_and_each_case_rate(quick_cli_run):
+    _, _, _, result = quick_cli_run
+    matmul = result["matmul"]
+    assert matmul["status"] == "ok" and matmul["shape"] == [QUICK_MATMUL_SIZE] * 3
+    assert matmul["dtype"] == "float32" and matmul["threads"] == 1 and len(matmul["times_ms"]) >= 5
+    assert result["matmul_gflops"] == matmul["gflops"] > 0
+    assert matmul["gflops"] == pytest.approx(2 * QUICK_MATMUL_SIZE**3 / 1e9 / (matmul["time_ms"] / 1000))
+    assert result["settings"]["matmul_size"] == QUICK_MATMUL_SIZE
+    assert result["settings"]["noise_threshold"] == NOISE_THRESHOLD
+    for record in result["measurements"]:
+        if record["case"] == "nlsa_r2":  # its declared arithmetic at the size it ran
+            size = record["size"]
+            expected = attention_multiply_adds("nlsa", (1, 64, size, size), {"n_rounds": 2})
+            assert record["multiply_adds"] == expected and record["gflop"] == pytest.approx(2 * expected / 1e9)
+            assert 0 < record["matmul_fraction"]
+        if record["case"] == "memory_probe":  # calibration: no arithmetic
+            assert record["gflop"] is None and record["matmul_fraction"] is None
+        assert record["noisy"] is None and record["time_spread"] is None  # --quick: one pass cannot show noise
+    rows = result["summary"]["table"]
+    assert all({"gflop", "gflops", "matmul_fraction", "time_spread", "noisy"} <= set(row) for row in rows)
+    report = format_attention_report(result)
+    assert "matmul rate:" in report and "GFLOP/s" in report and "one timed pass" in report
 
 
 def test_subprocess_measurement_sees_a_200_mib_allocation(quick_cli_run):
@@ -151,9 +195,15 @@ def test_cases_are_the_registry_benchmark_cases():
 
 @pytest.mark.parametrize("case", list(attention_cases()))
 def test_every_registered_case_builds_and_runs_in_process(case):
-    record = measure_one(_spec(case))
+    record = measure_one(_spec(case, repeats=2))
     assert record["status"] == "ok", record
     _check_record(record)
+    assert isinstance(record["noisy"], bool) and record["time_spread"] >= 0
+    attention = resolve_cases([case])[0].attention
+    if attention_entry(attention).multiply_adds is None:  # no declared arithmetic: null GFLOP, not an error
+        assert record["gflop"] is None and record["reason"] is None, record
+    else:
+        assert record["gflop"] > 0, record
 
 
 def test_a_toy_attention_registered_here_is_a_case(scratch_registry):
@@ -177,6 +227,46 @@ def test_a_toy_attention_registered_here_is_a_case(scratch_registry):
     assert build_attention_case("bench_toy_x3", 4).gain == 3.0
     record = measure_one(_spec("bench_toy_x2"))
     assert record["status"] == "ok", record
+
+
+def test_a_toy_attention_declaring_its_arithmetic_gets_a_rate(scratch_registry):
+    @register_attention("bench_toy_arithmetic", kind="in_scale",
+                        multiply_adds=lambda shape, options: shape[0] * shape[1] ** 2 * shape[2] * shape[3])
+    class ArithmeticToy(nn.Module):
+        """A 1x1 convolution, N C^2 H W multiply-adds."""
+
+        def __init__(self, channels):
+            super().__init__()
+            self.value_embed = nn.Conv2d(channels, channels, 1)
+
+        def forward(self, x, return_details=False):
+            return self.value_embed(x)  # (N, C, H, W)
+
+    record = measure_one(_spec("bench_toy_arithmetic", size=12, repeats=3))
+    assert record["status"] == "ok", record
+    assert record["multiply_adds"] == 16 * 16 * 12 * 12
+    _check_record(record)
+    assert record["matmul_fraction"] is None  # measure_one alone knows no matmul rate
+    assert add_rates(dict(record), 0.5)["matmul_fraction"] == pytest.approx(record["gflops"] / 0.5)
+
+
+def test_a_faulty_declaration_keeps_the_measurement(scratch_registry):
+    def broken(shape, options):
+        raise ZeroDivisionError("oops")
+
+    @register_attention("bench_toy_broken", kind="in_scale", multiply_adds=broken)
+    class BrokenToy(nn.Module):
+        """Identity with a faulty arithmetic declaration."""
+
+        def __init__(self, channels):
+            super().__init__()
+
+        def forward(self, x, return_details=False):
+            return x + 0  # (N, C, H, W)
+
+    record = measure_one(_spec("bench_toy_broken"))
+    assert record["status"] == "ok" and record["gflop"] is None
+    assert "declared arithmetic failed" in record["reason"] and "oops" in record["reason"]
 
 
 def test_reference_attention_gets_two_references_of_the_size_of_x(scratch_registry):
@@ -322,6 +412,59 @@ def _synthetic_result(sparse_case="nlsa_r1", case_details=None):
     return result
 
 
+@pytest.mark.parametrize(
+    "times, spread, noisy",
+    [
+        ([10.0, 10.5, 13.0], 3.0 / 10.5, True),  # one slow pass: a busy machine
+        ([10.0, 11.0, 10.5], 1.0 / 10.5, False),
+        ([10.0, 12.0, 10.0], 0.2, False),  # exactly 20%: not above the threshold
+        ([10.0, 12.1, 10.0], 0.21, True),
+        ([8.0], None, None),  # one pass cannot show noise
+    ],
+)
+def test_spread_flag_on_synthetic_timings(times, spread, noisy):
+    stats = timing_statistics(times)
+    assert stats["noisy"] is noisy
+    assert stats["time_spread"] == (None if spread is None else pytest.approx(spread))
+    assert stats["time_min_ms"] == min(times) and stats["time_max_ms"] == max(times)
+    with pytest.raises(ValueError, match="at least one"):
+        timing_statistics([])
+
+
+def test_noisy_measurement_is_flagged_in_summary_and_table():
+    result = _synthetic_result()
+    for record in result["measurements"]:
+        times = [record["time_ms"]] * 3
+        if (record["case"], record["size"]) == ("nlsa_r1", 100):
+            times = [record["time_ms"], record["time_ms"], 1.5 * record["time_ms"]]
+        record.update({"times_ms": times, **timing_statistics(times), "multiply_adds": 10**9, "gflop": 2.0})
+        add_rates(record, 100.0)
+    result["matmul_gflops"] = 100.0
+    result["summary"] = summarise_attention_benchmark(result)
+    noisy = result["summary"]["noisy"]
+    assert [(n["case"], n["size"]) for n in noisy] == [("nlsa_r1", 100)]
+    assert noisy[0]["time_spread"] == pytest.approx(0.5)
+    row = next(r for r in result["summary"]["table"] if (r["case"], r["size"]) == ("nlsa_r1", 100))
+    assert row["noisy"] is True and row["gflops"] == pytest.approx(2.0 / (row["time_ms"] / 1000))
+    assert row["matmul_fraction"] == pytest.approx(row["gflops"] / 100.0)
+    report = format_attention_report(result)
+    line = next(t for t in report.splitlines() if t.startswith("nlsa_r1") and "50%!" in t)
+    assert f"{100 * row['matmul_fraction']:.0f}%" in line
+    assert "NOISY" in report and "nlsa_r1          S=100: spread 50%" in report
+    assert sum("%!" in t for t in report.splitlines()) == 1  # only that row is marked
+
+
+def test_matmul_rate_in_process():
+    record = measure_matmul({"matmul_size": 64, "threads": 1, "repeats": 1, "warmup": 0})
+    assert record["status"] == "ok", record
+    assert len(record["times_ms"]) >= 5  # at least MATMUL_MIN_REPEATS passes even for one repeat
+    assert record["gflop"] == pytest.approx(2 * 64**3 / 1e9)
+    assert record["gflops"] == pytest.approx(record["gflop"] / (record["time_ms"] / 1000))
+    assert isinstance(record["noisy"], bool)
+    failed = measure_matmul({"matmul_size": 8, "dtype": "no_such_dtype"})
+    assert failed["status"] == "failed" and failed["gflops"] is None and "no_such_dtype" in failed["reason"]
+
+
 def test_summary_slopes_ratios_and_crossover():
     summary = _synthetic_result()["summary"]  # no case_details: the registry says nlsa_r1 is attention nlsa
     assert summary["slopes"]["dense_fused"]["time"] == pytest.approx(2.0)
@@ -370,6 +513,8 @@ def test_saved_result_of_the_docs_still_reports():
     result["summary"] = summarise_attention_benchmark(result)
     report = format_attention_report(result)
     assert "NLSA faster than dense_fused" in report and "nlsa_r8" in report
+    if "matmul_gflops" not in result:  # saved before the rates existed: shown as not measured, not an error
+        assert "matmul rate: not measured" in report
 
 
 # ----------------------------------------------------------------------------------------------

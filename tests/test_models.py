@@ -18,7 +18,7 @@ from srlib.models import (
 )
 from srlib.models.edsr import DIV2K_RGB_MEAN, EDSR
 
-TINY = dict(n_feats=8, n_blocks=2)
+TINY = {"n_feats": 8, "n_blocks": 2}
 
 
 def tiny_edsr(scale: int, seed: int = 0, **options):
@@ -276,3 +276,47 @@ def test_model_summary_rows():
     assert rows[1]["flops"] == edsr_flops_by_hand(2, 8, 2, 8, 6)
     assert rows[0]["gflops"] == pytest.approx(rows[0]["flops"] / 1e9)
     assert rows[0]["model"] == "edsr_baseline" and rows[0]["scale"] == 2
+
+
+def _dense_attention_flops_by_hand(c: int, c_e: int, qk_width: int, length: int, kernel: int = 1) -> int:
+    """One dense attention on L positions: embeddings (a k x k conv C -> C_e (k = 1: twice, query and key; k = 3:
+    once, shared) and a 1x1 conv C -> C), then the two (L, L) products with query/key width ``qk_width``."""
+    embeddings = length * (2 * c * c_e + c * c) if kernel == 1 else length * (9 * c * c_e + c * c)
+    return 2 * (embeddings + length * length * (qk_width + c))
+
+
+@pytest.mark.parametrize(
+    "attention, options, qk_width, kernel",
+    [
+        ("non_local", {"implementation": "explicit"}, 4, 1),  # bmm + softmax: C_e = 8 // 2 = 4 channels
+        ("non_local", {"implementation": "fused"}, 8, 1),  # SDPA: queries and keys zero-padded to C = 8
+        ("nlsa_dense", None, 8, 3),  # NLSA's embeddings (3x3 C -> C // 4), SDPA padded to 8
+    ],
+)
+def test_count_flops_counts_the_fused_attention_of_a_small_model(attention, options, qk_width, kernel):
+    """NLSN body with dense attention, 2 blocks, attention after every 2nd (2 attentions), on a 6x5 LR input."""
+    torch.manual_seed(0)
+    model = build_model("nlsn", 2, n_feats=8, n_blocks=2, attention_every=2, attention=attention,
+                        attention_options=options)
+    c_e = 8 // (2 if attention == "non_local" else 4)
+    expected = edsr_flops_by_hand(2, 8, 2, 6, 5) + 2 * _dense_attention_flops_by_hand(8, c_e, qk_width, 30, kernel)
+    assert count_flops(model, (6, 5)) == expected
+
+
+def test_flop_counter_counts_the_cpu_attention_kernel_forward_and_backward():
+    from srlib.models.profile import flop_counter
+
+    q = torch.randn(2, 3, 10, 4, requires_grad=True)  # (B, H, Lq, E)
+    k = torch.randn(2, 3, 7, 4, requires_grad=True)  # (B, H, Lk, E)
+    v = torch.randn(2, 3, 7, 4, requires_grad=True)  # (B, H, Lk, E_v); E_v = E lets the fused CPU kernel run
+    with torch.no_grad(), flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 2 * 2 * 3 * 10 * 7 * (4 + 4)  # Q K^T and the weighted sum of V
+    with flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+    counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    if any("flash_attention_for_cpu" in op for op in counts):  # the fused kernel ran (not the bmm math path)
+        # Forward, then five products backward: the scores again, dP, dV, dQ, dK.
+        assert counter.get_total_flops() == 2 * 2 * 3 * 10 * 7 * (4 + 4) + 2 * 2 * 3 * 10 * 7 * (3 * 4 + 2 * 4)
+    else:  # the math path: two products forward, four backward, all bmm
+        assert counter.get_total_flops() == 2 * 2 * 3 * 10 * 7 * (2 * 4 + 4 * 4)

@@ -84,6 +84,7 @@ import torch
 from torch import nn
 
 from srlib.attention._common import choice, embedding, positive_int
+from srlib.attention.lsh import bucket_count
 from srlib.attention.registry import register_attention
 from srlib.attention.sparse import (
     LEARNED_FORMS,
@@ -91,6 +92,7 @@ from srlib.attention.sparse import (
     NonLocalSparseAttention,
     SparseAttentionDetails,
     non_local_sparse_attention,
+    sparse_attention_multiply_adds,
 )
 
 __all__ = ["DLSN_CHUNK_SIZE", "GlobalLearnableAttention", "learned_score_width"]
@@ -112,9 +114,42 @@ def learned_score_width(form: str, chunk_size: int, chunks_before: int = 1, chun
     return (1 + chunks_before + chunks_after) * chunk_size if form == "paper" else chunk_size
 
 
+def gla_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`GlobalLearnableAttention` forward pass on an ``(N, C, H, W)`` map (DLSN).
+
+    With ``L = H W``, ``C_e = C // reduction``, ``P`` learned scores per position
+    (:func:`learned_score_width`: ``3m`` for ``"paper"``, ``m`` for
+    ``"official"``, none for ``"none"``) and ``hidden`` units:
+
+    * embeddings, 3x3 convolutions: ``phi_q = phi_k`` ``C -> C_e`` (eq. 10) and
+      ``phi_v`` ``C -> C`` (eq. 8), ``N L (9 C C_e + 9 C^2)``;
+    * the learned score ``s_l`` (eq. 11): ``phi_l`` a 3x3 convolution ``C -> C``,
+      then ``W_1`` (``C -> hidden``) and ``W_2`` (``hidden -> P``):
+      ``N L (9 C^2 + C hidden + hidden P)`` (absent for ``"none"``);
+    * per round, the super-bit projection (eq. 12) and the attention inside the
+      chunks (eq. 14-16) with scores ``s_f + s_l`` (eq. 9; ``s_f`` of eq. 10 is
+      left out with ``fixed_score=False``):
+      :func:`~srlib.attention.sparse.sparse_attention_multiply_adds`.
+      Adding ``s_l`` and weighting the rounds (eq. 17-18) are element-wise.
+    """
+    n, c, h, w = shape
+    c_e = c // options["reduction"]
+    length = h * w
+    width = learned_score_width(options["learned_score"], options["chunk_size"])  # P
+    hidden = width if options["hidden"] is None else options["hidden"]
+    embeddings = n * length * (9 * c * c_e + 9 * c * c)  # phi_q = phi_k: 3x3 C -> C_e; phi_v: 3x3 C -> C
+    learned = n * length * (9 * c * c + c * hidden + hidden * width) if width else 0  # eq. 11
+    buckets = bucket_count(length, options["chunk_size"], n_buckets=options["n_buckets"], hashing=options["hashing"])
+    return embeddings + learned + sparse_attention_multiply_adds(
+        n, length, c_e, c, n_rounds=options["n_rounds"], chunk_size=options["chunk_size"], n_buckets=buckets,
+        hashing=options["hashing"], fixed_scores=options["fixed_score"],
+    )
+
+
 @register_attention(
     "gla", kind="in_scale", loops="srlib.attention.loops:gla_loops",
     bench={"gla_r3": {}, "gla_official_r3": {"learned_score": "official"}},
+    multiply_adds=gla_multiply_adds,
     test_options=[
         {"reduction": 2, "chunk_size": 8, "n_rounds": 2},
         {"reduction": 2, "chunk_size": 7, "n_rounds": 3, "n_buckets": 5, "learned_score": "official"},

@@ -404,8 +404,56 @@ def transfer_patches(match: ReferenceMatch, values, stride: int = 1) -> torch.Te
     return summed / counts
 
 
+def multi_reference_multiply_adds(
+    shape: tuple[int, int, int, int], options: dict, reference_shapes: list[tuple[int, int, int, int]]
+) -> int:
+    """Multiply-adds of one :class:`MultiReferenceAttention` forward pass (AMRSR supplement, Algorithm 1).
+
+    ``shape`` is the input's ``(N, C, H, W)`` (``L = H W`` positions),
+    ``reference_shapes`` the ``(N, C, H_m, W_m)`` of the ``N_M`` references,
+    with ``P_m = (H_m - p + 1)(W_m - p + 1)`` whole ``p x p`` patches each.
+    ``C_m = C // reduction`` matching channels (``C`` with ``embed=False``) and
+    ``D = C_m p^2`` entries per patch:
+
+    * embeddings (``embed=True``): the 3x3 matching convolution ``C -> C_m`` on
+      the input and every reference, ``N 9 C C_m (L + sum_m H_m W_m)``, and the
+      1x1 value convolution ``C -> C`` on every reference, ``N C^2 sum_m H_m W_m``;
+    * INPUTATT scores (line 16), every input patch against every reference
+      patch: ``N L D sum_m P_m`` - the parts only cut this product into blocks;
+    * REFATT (line 23, only for ``N_C > 1``): per reference part, the
+      sub-vector scores of the chosen candidate, ``N L D`` each.
+
+    Pasting the patches, the overlap average, the gate by ``W`` and the
+    norms are element-wise or gathers and are not counted; nor is the
+    recomputation of the chosen similarities that carries the gradients.
+
+    Raises:
+        ValueError: a reference smaller than one patch.
+    """
+    n, c, h, w = shape
+    p = options["patch_size"]
+    match_channels = c // options["reduction"] if options["embed"] else c
+    depth = match_channels * p * p  # D
+    positions = h * w
+    reference_positions = sum(hm * wm for _, _, hm, wm in reference_shapes)
+    if any(min(hm, wm) < p for _, _, hm, wm in reference_shapes):
+        raise ValueError(f"every reference must hold at least one {p}x{p} patch, got {reference_shapes}")
+    patches = sum((hm - p + 1) * (wm - p + 1) for _, _, hm, wm in reference_shapes)  # sum_m P_m
+    embeddings = 0
+    if options["embed"]:
+        embeddings = n * 9 * c * match_channels * (positions + reference_positions) + n * c * c * reference_positions
+    scores = n * positions * depth * patches  # line 16, q_hat^T p_hat for every (position, patch)
+    refatt = 0
+    if options["n_subvectors"] > 1:  # line 23, once per reference part
+        parts = sum(len(part_grid(hm - p + 1, wm - p + 1, options["reference_parts"]))
+                    for _, _, hm, wm in reference_shapes)
+        refatt = n * positions * depth * parts
+    return embeddings + scores + refatt
+
+
 @register_attention(
     "multi_reference", kind="reference", loops="srlib.attention.loops:multi_reference_loops",
+    multiply_adds=multi_reference_multiply_adds,
     # The live counterpart of the supplement's Table 7: N_M references, N_R reference parts, N_I input parts.
     bench={
         "multi_reference": {},

@@ -528,9 +528,34 @@ class _EmbeddedAttention(nn.Module):
         )
 
 
+def non_local_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`NonLocalAttention` forward pass on an ``(N, C, H, W)`` map (CSNLN eq. 1-2).
+
+    With ``L = H W`` positions and ``C_e = C // reduction``:
+
+    * embeddings, three 1x1 convolutions: ``theta`` and ``delta`` ``C -> C_e``,
+      ``psi`` ``C -> C``: ``N L (2 C C_e + C^2)``;
+    * eq. 2, ``phi = theta^T delta`` for every pair: ``N L^2 C_e``;
+    * eq. 1, the softmax-weighted sum of ``psi``: ``N L^2 C``.
+
+    Both implementations compute the same equations; the fused kernel pads the
+    queries and keys to ``C`` channels (zeros), work the equations do not need
+    and this count leaves out.  Softmax, PReLU and biases are element-wise and
+    not counted.  ``options``: the module's complete options (``reduction``).
+    """
+    n, c, h, w = shape
+    c_e = c // options["reduction"]
+    positions = h * w
+    embeddings = n * positions * (2 * c * c_e + c * c)  # theta, delta: C -> C_e; psi: C -> C
+    scores = n * positions * positions * c_e  # eq. 2 for every (query, key) pair
+    weighted = n * positions * positions * c  # eq. 1: attention (L, L) times values (L, C)
+    return embeddings + scores + weighted
+
+
 @register_attention(
     "non_local", kind="in_scale", loops="srlib.attention.loops:non_local_loops", guarded=True,
     bench={"dense_explicit": {"implementation": "explicit"}, "dense_fused": {"implementation": "fused"}},
+    multiply_adds=non_local_multiply_adds,
 )
 class NonLocalAttention(_EmbeddedAttention):
     """In-scale non-local attention over the whole feature map (CSNLN eq. 1-2).
@@ -595,9 +620,32 @@ class NonLocalAttention(_EmbeddedAttention):
         return z
 
 
+def region_non_local_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`RegionNonLocalAttention` forward pass (CSNLN Sec. 4.2; eq. 1-2 in each cell).
+
+    The embeddings of :func:`non_local_multiply_adds`, ``N L (2 C C_e + C^2)``,
+    then eq. 1-2 inside every cell of the grid: a cell of ``l`` pixels costs
+    ``N l^2 (C_e + C)``.  The cells of :func:`region_grid` are ``r_i x c_j``
+    pixels, so ``sum l^2 = (sum_i r_i^2) (sum_j c_j^2)``.
+
+    Raises:
+        ValueError: a grid the map cannot be cut into (as the module's forward).
+    """
+    n, c, h, w = shape
+    c_e = c // options["reduction"]
+    rows, cols = _check_regions(options["regions"], h, w)
+    # _even_blocks: (start, stop, cells) runs of `cells` equal cells of (stop - start) // cells pixels each.
+    row_squares = sum(cells * ((stop - start) // cells) ** 2 for start, stop, cells in _even_blocks(h, rows))
+    col_squares = sum(cells * ((stop - start) // cells) ** 2 for start, stop, cells in _even_blocks(w, cols))
+    cell_squares = row_squares * col_squares  # sum over the cells of l^2, l = r_i c_j pixels
+    embeddings = n * h * w * (2 * c * c_e + c * c)  # theta, delta: C -> C_e; psi: C -> C
+    return embeddings + n * cell_squares * (c_e + c)  # eq. 2 scores and eq. 1 sums inside each cell
+
+
 @register_attention(
     "region_non_local", kind="in_scale", loops="srlib.attention.loops:region_non_local_loops", guarded=True,
     bench={"region": {"regions": [2, 2]}},
+    multiply_adds=region_non_local_multiply_adds,
 )
 class RegionNonLocalAttention(_EmbeddedAttention):
     """Region-based in-scale non-local attention: eq. 1 inside each cell of a grid.

@@ -4,13 +4,18 @@ A new attention is ONE file: a module class (or a builder ``fn(channels, **optio
 decorated with :func:`register_attention`.  From then on it is built by name
 (:func:`build_attention`), covered by the contract tests
 (``tests/test_attention_contract.py`` and :func:`srlib.attention.check_attention`),
-measured by ``srlib bench attention`` (its ``bench=`` cases) and trainable inside
+measured by ``srlib bench attention`` (its ``bench=`` cases, at the rate its
+``multiply_adds=`` declaration implies) and trainable inside
 the models (``srlib train --model nlsn --option attention=<name>``)::
 
     from srlib.attention import register_attention
 
+    def my_attention_multiply_adds(shape, options):  # (N, C, H, W), complete options -> multiply-adds
+        n, c, h, w = shape
+        return n * (h * w) ** 2 * 2 * c  # scores and weighted values, from the equations
+
     @register_attention("my_attention", kind="in_scale", loops=my_attention_loops,
-                        bench={"my_attention": {}})
+                        bench={"my_attention": {}}, multiply_adds=my_attention_multiply_adds)
     class MyAttention(nn.Module):
         def __init__(self, channels, reduction=2, activation="none"): ...
         def forward(self, x, return_details=False): ...
@@ -54,6 +59,21 @@ the module's equation literally (explicit loops on small inputs) with the
 module's own weights; the contract tests compare the module with it.  The loop
 versions of srlib's mechanisms live in :mod:`srlib.attention.loops`.
 
+``multiply_adds=fn``: the arithmetic of one forward pass, counted from the
+mechanism's equations (cite them in ``fn``'s docstring), so that ``srlib bench
+attention`` can report GFLOP, GFLOP/s and the fraction of the machine's matmul
+rate without a hand-kept list.  ``fn(shape, options)`` - ``shape`` the input's
+``(N, C, H, W)`` and ``options`` the module's complete options (defaults filled
+in) - returns the number of **multiply-adds** (one multiply and one add; 1
+multiply-add = 2 FLOP) of the matrix work: embeddings (convolutions, linear
+layers) and the attention's matrix products, including the products that hash
+positions (LSH projections).  Element-wise work (softmax, normalisation,
+activations, biases, masks, gathers) is not counted, as in
+``torch.utils.flop_counter``.  For kind ``"reference"`` the function is
+``fn(shape, options, reference_shapes)``, ``reference_shapes`` a list of
+``(N, C, H_k, W_k)``.  An entry without ``multiply_adds`` has no declared
+arithmetic: the benchmark reports ``null`` GFLOP for it.
+
 ``bench={"case_name": {option: value, ...}, ...}``: the cases ``srlib bench
 attention`` measures for this entry, each the entry built with those options
 (default: one case named like the entry, default options).  A ``"reference"``
@@ -65,6 +85,7 @@ entry's case may also set ``"references": K``, the number of reference maps
 from __future__ import annotations
 
 import importlib
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +98,7 @@ __all__ = [
     "ATTENTION_KINDS",
     "AttentionEntry",
     "attention_entry",
+    "attention_multiply_adds",
     "attention_options",
     "available_attention",
     "benchmark_cases",
@@ -107,6 +129,8 @@ class AttentionEntry:
         test_options: extra option sets for the contract tests.
         description: one line, the first line of the builder's docstring.
         source: ``module.QualName`` of the builder (for plugins: the file's module).
+        multiply_adds: the declared arithmetic ``fn(shape, options[, reference_shapes]) -> int``
+            (multiply-adds of one forward pass, see the module docstring), or None.
     """
 
     name: str
@@ -120,6 +144,7 @@ class AttentionEntry:
     test_options: tuple = ()
     description: str = ""
     source: str = ""
+    multiply_adds: Callable[..., int] | None = None
 
 
 def register_attention(
@@ -129,6 +154,7 @@ def register_attention(
     bench: Mapping[str, Mapping[str, Any]] | None = None,
     guarded: bool = False,
     test_options: list[Mapping[str, Any]] | None = None,
+    multiply_adds: Callable[..., int] | None = None,
 ):
     """Decorator registering an attention module class (or builder ``fn(channels, **options)``).
 
@@ -142,6 +168,10 @@ def register_attention(
         test_options: extra option sets the contract tests run on small maps
             besides the defaults and the bench cases (e.g. chunks smaller than
             the test map, so that hashing matters).
+        multiply_adds: the arithmetic of one forward pass, ``fn(shape, options)``
+            (``fn(shape, options, reference_shapes)`` for kind ``"reference"``) ->
+            multiply-adds (int), counted from the mechanism's equations; None:
+            not declared (the benchmark then reports ``null`` GFLOP).
 
     Returns:
         The decorator; it returns the class or function unchanged.
@@ -150,13 +180,20 @@ def register_attention(
         ValueError: unknown ``kind``; a name taken by another builder; bench
             options the builder does not take; ``guarded=True`` without a
             ``max_attention_bytes`` option.
-        TypeError: a builder whose options lack defaults or are not JSON-serialisable.
+        TypeError: a builder whose options lack defaults or are not JSON-serialisable;
+            a ``multiply_adds`` that is not callable.
     """
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, ATTENTION_KINDS))}, got {kind!r}")
+    if multiply_adds is not None and not callable(multiply_adds):
+        raise TypeError(
+            f"multiply_adds of attention {name!r} must be a function fn(shape, options) -> int, "
+            f"got {type(multiply_adds).__name__}"
+        )
 
     def decorator(builder):
-        entry = ATTENTION.register(name, builder, kind=kind, loops=loops, guarded=bool(guarded))
+        entry = ATTENTION.register(name, builder, kind=kind, loops=loops, guarded=bool(guarded),
+                                   multiply_adds=multiply_adds)
         cases = {name: {}} if bench is None else {str(k): dict(v) for k, v in bench.items()}
         inputs = {}  # case -> {"references": K}: what the benchmark feeds a reference-kind case
         for case, options in cases.items():
@@ -196,7 +233,64 @@ def attention_entry(name: str) -> AttentionEntry:
         bench_inputs=entry.info.get("bench_inputs", {}), guarded=entry.info["guarded"],
         test_options=tuple(entry.info["test_options"]),
         description=doc[0] if doc else "", source=f"{entry.builder.__module__}.{entry.builder.__qualname__}",
+        multiply_adds=entry.info.get("multiply_adds"),
     )
+
+
+def attention_multiply_adds(
+    name: str,
+    shape: tuple[int, int, int, int],
+    options: Mapping[str, Any] | None = None,
+    reference_shapes: list[tuple[int, int, int, int]] | None = None,
+) -> int | None:
+    """The declared multiply-adds of one forward pass of a registered attention, or None if it declares none.
+
+    Args:
+        name: a registered attention name.
+        shape: ``(N, C, H, W)`` of the input map (positive integers).
+        options: the module's options (left-out ones take their defaults), e.g.
+            ``module.attention_options`` of a built module.
+        reference_shapes: kind ``"reference"`` only: the ``(N, C, H_k, W_k)`` of
+            each reference map (at least one).
+
+    Returns:
+        The count of multiply-adds (1 multiply-add = 2 FLOP) from the entry's
+        ``multiply_adds`` declaration (see :func:`register_attention`), or None
+        when the entry declares no arithmetic.
+
+    Raises:
+        ValueError: unknown name; a shape that is not four positive integers; a
+            reference kind without reference shapes; a declaration returning a
+            negative or non-integer count.
+        TypeError: options the attention does not take.
+    """
+    entry = ATTENTION.entry(name)
+    function = entry.info.get("multiply_adds")
+    if function is None:
+        return None
+    shape = _check_shape("shape", shape)
+    full = ATTENTION.complete_options(name, dict(options or {}))
+    if entry.info["kind"] == "reference":
+        if not reference_shapes:
+            raise ValueError(f"attention {name!r} is of kind 'reference': give the (N, C, H_k, W_k) of each reference")
+        count = function(shape, full, [_check_shape(f"reference shape {k}", s) for k, s in enumerate(reference_shapes)])
+    else:
+        count = function(shape, full)
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+        raise ValueError(f"the multiply_adds declaration of attention {name!r} returned {count!r}, "
+                         "not a non-negative integer")
+    return int(count)
+
+
+def _check_shape(what: str, shape) -> tuple[int, int, int, int]:
+    """``shape`` as a tuple of four positive Python ints, or a ``ValueError`` naming ``what``."""
+    try:
+        values = tuple(shape)
+    except TypeError:
+        values = ()
+    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values):
+        raise ValueError(f"{what} must be (N, C, H, W), four positive integers, got {shape!r}")
+    return tuple(int(v) for v in values)
 
 
 def _resolve(loops):

@@ -494,6 +494,58 @@ def _learned_rows(
     return learned_scores.flatten(2).transpose(1, 2).reshape(n * h * w, width)  # (N L, P)
 
 
+def sparse_attention_multiply_adds(
+    batch: int, length: int, query_channels: int, value_channels: int, *, n_rounds: int, chunk_size: int,
+    n_buckets: int | None, hashing: str, fixed_scores: bool = True,
+) -> int:
+    """Multiply-adds of :func:`non_local_sparse_attention` on ``N`` sequences of ``L`` positions (no embeddings).
+
+    Per round (NLSN; the steps of the module docstring):
+
+    * hash: every unit key projected on the round's directions, ``N L C_e P``
+      with ``P = b / 2`` rotations (spherical LSH) or ``P = b`` directions
+      (super-bit LSH, DLSN eq. 12), ``b`` from :func:`~srlib.attention.lsh.bucket_count`;
+    * attend: each of the ``L`` queries meets the ``k = min(K m, L)`` keys of its
+      own and its ``K - 1`` neighbouring chunks (``K`` distinct chunks, at most
+      3): ``N L k C_e`` for the scores ``q . k_hat`` (left out when
+      ``fixed_scores`` is False, DLSN's ``s_l`` alone) and ``N L k C_v`` for the
+      weighted values.
+
+    The masked key slots of a padded last chunk, the padded query slots, the
+    sort, the softmax and the combination of the rounds are not counted.
+    """
+    projections = n_buckets // 2 if hashing == "spherical" else n_buckets  # P per round
+    n_chunks = math.ceil(length / chunk_size)
+    keys = min(len(neighbour_chunk_offsets(n_chunks, 1, 1)) * chunk_size, length)  # k keys per query
+    hashing_cost = batch * length * query_channels * projections  # x' = M x per round
+    attention = batch * length * keys * ((query_channels if fixed_scores else 0) + value_channels)
+    return n_rounds * (hashing_cost + attention)
+
+
+def nlsa_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`NonLocalSparseAttention` forward pass on an ``(N, C, H, W)`` map.
+
+    With ``L = H W`` and ``C_e = C // reduction``: the embeddings, a 3x3
+    convolution ``C -> C_e`` (queries and keys) and a 1x1 convolution ``C -> C``
+    (values), ``N L (9 C C_e + C^2)``; then ``n_rounds`` rounds of hashing and
+    chunked attention, :func:`sparse_attention_multiply_adds` (``R L 3m`` score
+    and value products instead of dense attention's ``L^2``).
+
+    Source: NLSN (Mei et al., CVPR 2021): spherical LSH, attention inside the
+    chunk of the query's bucket and its neighbours, rounds combined; layer sizes
+    from the official code.
+    """
+    n, c, h, w = shape
+    c_e = c // options["reduction"]
+    length = h * w
+    buckets = bucket_count(length, options["chunk_size"], n_buckets=options["n_buckets"], hashing=options["hashing"])
+    embeddings = n * length * (9 * c * c_e + c * c)  # 3x3 conv C -> C_e, 1x1 conv C -> C
+    return embeddings + sparse_attention_multiply_adds(
+        n, length, c_e, c, n_rounds=options["n_rounds"], chunk_size=options["chunk_size"], n_buckets=buckets,
+        hashing=options["hashing"],
+    )
+
+
 @register_attention(
     "nlsa", kind="in_scale", loops="srlib.attention.loops:nlsa_loops",
     bench={f"nlsa_r{rounds}": {"n_rounds": rounds} for rounds in (1, 2, 4, 8)},
@@ -501,6 +553,7 @@ def _learned_rows(
         {"chunk_size": 8, "n_rounds": 2}, {"chunk_size": 7, "n_rounds": 3, "n_buckets": 4},
         {"chunk_size": 8, "n_rounds": 2, "hashing": "superbit", "n_buckets": 3},
     ],
+    multiply_adds=nlsa_multiply_adds,
 )
 class NonLocalSparseAttention(nn.Module):
     """The NLSA module of NLSN: a shared query/key embedding, a value embedding, sparse attention.
@@ -653,9 +706,26 @@ class NonLocalSparseAttention(nn.Module):
         )
 
 
+def nlsa_dense_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`DenseMatchAttention` forward pass on an ``(N, C, H, W)`` map.
+
+    NLSA's embeddings, ``N L (9 C C_e + C^2)`` with ``L = H W`` and ``C_e = C //
+    reduction``, then dense attention over all positions (NLSN supplement,
+    Table 1 "Non-Local"; CSNLN eq. 1-2 with unit keys): ``N L^2 C_e`` for the
+    scores and ``N L^2 C`` for the weighted values.  The fused kernel's zero
+    padding of queries and keys to ``C`` channels is not counted.
+    """
+    n, c, h, w = shape
+    c_e = c // options["reduction"]
+    length = h * w
+    embeddings = n * length * (9 * c * c_e + c * c)  # 3x3 conv C -> C_e, 1x1 conv C -> C
+    return embeddings + n * length * length * (c_e + c)  # scores (L, L) and weighted values (L, C)
+
+
 @register_attention(
     "nlsa_dense", kind="in_scale", loops="srlib.attention.loops:nlsa_dense_loops",
     bench={"nlsa_dense": {}},
+    multiply_adds=nlsa_dense_multiply_adds,
 )
 class DenseMatchAttention(NonLocalSparseAttention):
     """NLSA's embeddings with dense attention: every query attends to every position (no hashing).

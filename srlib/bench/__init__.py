@@ -8,7 +8,25 @@ benchmark case on a random ``(1, C, S, S)`` float32 feature map under
   ``warmup`` passes that are not timed (on CUDA each pass is bracketed by
   ``torch.cuda.synchronize``);
 * **peak memory**: what the forward pass *adds* on top of the module and its
-  input, in MiB (2^20 bytes), the output included.
+  input, in MiB (2^20 bytes), the output included;
+* **spread**: ``(max - min) / median`` of the timed passes; a measurement
+  whose passes vary by more than :data:`NOISE_THRESHOLD` (20%) is flagged
+  ``noisy`` (a busy machine: its figure must be re-measured before it is
+  committed); with one pass the spread is unknown (``null``);
+* **arithmetic and rate**: ``gflop``, the FLOPs of one pass (2 per
+  multiply-add) from the multiply-adds its attention declares
+  (``register_attention(..., multiply_adds=fn)``, counted from the
+  mechanism's equations; ``null`` for an attention that declares none),
+  ``gflops = gflop / (time_ms / 1000)`` and ``matmul_fraction = gflops /
+  matmul_gflops``;
+* **matmul rate** (``matmul_gflops``, once per run, before the cases): the
+  median rate of a square GEMM ``(n, n) @ (n, n)`` (``n`` = 1024 on CPU, 4096
+  on CUDA; :data:`MATMUL_SIZES`) in the cases' dtype, on their device, with
+  their thread count, after a warm-up, at least :data:`MATMUL_MIN_REPEATS`
+  passes; on CPU in a fresh process with the cases' environment.  It is what
+  this machine's matrix products reach; the fraction says how close each
+  attention path comes to it (it can exceed 1 for products that suit the
+  hardware better than the square GEMM).
 
 The cases come from the attention registry (:mod:`srlib.attention.registry`):
 each registration declares its own (``bench={"case_name": {options}}``), so a
@@ -63,8 +81,9 @@ Layout:
 The command line (``srlib bench attention``) is in :mod:`srlib.cli`.
 
 Public API: :func:`run_attention_benchmark` (returns a dict, written as
-``attention_bench.json``), :func:`format_attention_report` (the printed
-table), :func:`plot_attention_benchmark` (the log-log figure,
+``attention_bench.json``), :func:`measure_matmul` (the GEMM rate),
+:func:`timing_statistics` (median, spread, noisy flag),
+:func:`format_attention_report` (the printed table), :func:`plot_attention_benchmark` (the log-log figure,
 ``attention_bench.png``), :func:`save_attention_benchmark`,
 :func:`summarise_attention_benchmark`, :func:`attention_cases`,
 :func:`build_attention_case` and :data:`CALIBRATION_CASES`.
@@ -77,6 +96,7 @@ from srlib.bench.cases import (
     attention_cases,
     build_attention_case,
     build_case,
+    case_multiply_adds,
     import_module_class,
     known_case_names,
     resolve_cases,
@@ -86,13 +106,21 @@ from srlib.bench.measure import (
     DEFAULT_SIZES,
     DEFAULT_SWEEP_SIZES,
     DEFAULT_WARMUP,
+    MATMUL_MIN_REPEATS,
+    MATMUL_SIZES,
+    NOISE_THRESHOLD,
+    QUICK_MATMUL_SIZE,
     QUICK_REPEATS,
     QUICK_SIZES,
     QUICK_SWEEP_SIZES,
     QUICK_WARMUP,
+    add_rates,
     measure_in_subprocess,
+    measure_matmul,
+    measure_matmul_in_subprocess,
     measure_one,
     run_attention_benchmark,
+    timing_statistics,
 )
 from srlib.bench.report import (
     DENSE_REFERENCE,
@@ -111,23 +139,32 @@ __all__ = [
     "DEFAULT_WARMUP",
     "DENSE_REFERENCE",
     "FUSED_REFERENCE",
+    "MATMUL_MIN_REPEATS",
+    "MATMUL_SIZES",
+    "NOISE_THRESHOLD",
+    "QUICK_MATMUL_SIZE",
     "QUICK_REPEATS",
     "QUICK_SIZES",
     "QUICK_SWEEP_SIZES",
     "QUICK_WARMUP",
     "REFERENCE_COUNT",
     "BenchCase",
+    "add_rates",
     "attention_cases",
     "build_attention_case",
     "build_case",
+    "case_multiply_adds",
     "format_attention_report",
     "import_module_class",
     "known_case_names",
     "measure_in_subprocess",
+    "measure_matmul",
+    "measure_matmul_in_subprocess",
     "measure_one",
     "plot_attention_benchmark",
     "resolve_cases",
     "run_attention_benchmark",
     "save_attention_benchmark",
     "summarise_attention_benchmark",
+    "timing_statistics",
 ]

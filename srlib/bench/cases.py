@@ -22,6 +22,12 @@ with :data:`REFERENCE_COUNT` random reference maps of the size of ``x``.
 
 Everything a case needs travels as JSON (:meth:`BenchCase.to_spec`), so the
 fresh process that measures it on CPU rebuilds exactly the same module.
+
+The arithmetic of a case (:func:`case_multiply_adds`) is what its attention
+declares with ``multiply_adds=`` (:func:`srlib.attention.register_attention`),
+evaluated with the options the module was built with; external modules,
+calibration cases and attentions that declare nothing have none (``null``
+GFLOP in the results).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "build_attention_case",
     "build_case",
     "case_inputs",
+    "case_multiply_adds",
     "import_module_class",
     "known_case_names",
     "resolve_cases",
@@ -232,7 +239,7 @@ def import_module_class(spec: str) -> type[nn.Module]:
         module = _import_file(path) if path is not None else importlib.import_module(target)
     except ValueError as exc:  # srlib.plugins.PluginError (it names the file and the error)
         raise ValueError(f"--module {spec}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any import error of user code becomes one message
+    except Exception as exc:  # any import error of user code becomes one message
         raise ValueError(f"--module {spec}: importing {target} failed ({type(exc).__name__}: {exc})") from exc
     cls = getattr(module, attribute, None)
     if cls is None:
@@ -425,3 +432,35 @@ def case_inputs(case: BenchCase, x: torch.Tensor, generator: torch.Generator | N
         torch.randn(tuple(x.shape), generator=generator, dtype=x.dtype).to(x.device) for _ in range(case.references)
     ]
     return (x, references)
+
+
+def case_multiply_adds(
+    case: BenchCase,
+    module: nn.Module,
+    shape: tuple[int, int, int, int],
+    reference_shapes: list[tuple[int, int, int, int]] | None = None,
+) -> int | None:
+    """The declared multiply-adds of one forward pass of ``module`` (the case, built) on an ``(N, C, H, W)`` input.
+
+    Args:
+        case: the :class:`BenchCase`.
+        module: its module, from :func:`build_case` (its ``attention_options``
+            are the options actually used, ``region_grid`` and guard limits included).
+        shape: ``(N, C, H, W)`` of the input.
+        reference_shapes: kind ``"reference"``: the ``(N, C, H_k, W_k)`` of each reference.
+
+    Returns:
+        The count from the attention's ``multiply_adds`` declaration
+        (:func:`srlib.attention.registry.attention_multiply_adds`; 1 multiply-add
+        = 2 FLOP), or None: not a registry case, or an attention that declares
+        no arithmetic.
+
+    Raises:
+        ValueError, TypeError: as the declaration (a bad shape or option).
+    """
+    if case.source != "registry" or case.attention is None:
+        return None
+    from srlib.attention.registry import attention_multiply_adds
+
+    options = getattr(module, "attention_options", None) or case.options
+    return attention_multiply_adds(case.attention, shape, options, reference_shapes)

@@ -5,12 +5,16 @@
 * :func:`measure_in_subprocess` - the same in a fresh
   ``python -m srlib.bench _measure-one SPEC_JSON`` process, which prints its
   record as one JSON line (:func:`worker_main`);
-* :func:`run_attention_benchmark` - every case at every size, the settings,
-  the environment and the summary (:mod:`srlib.bench.report`).
+* :func:`measure_matmul` - the machine's matrix-product rate (a float32
+  GEMM) under the same settings, the reference of ``matmul_fraction``
+  (:func:`measure_matmul_in_subprocess` on CPU);
+* :func:`run_attention_benchmark` - the matmul rate, then every case at every
+  size, the settings, the environment and the summary (:mod:`srlib.bench.report`).
 
 The method (median after warm-up; CUDA peak from ``max_memory_allocated``;
-CPU peak from ``/proc/self/status`` after resetting ``VmHWM``) is described in
-the docstring of :mod:`srlib.bench`.
+CPU peak from ``/proc/self/status`` after resetting ``VmHWM``; arithmetic from
+each attention's declared multiply-adds; the spread of the timed passes) is
+described in the docstring of :mod:`srlib.bench`.
 """
 
 from __future__ import annotations
@@ -34,21 +38,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from srlib.bench.cases import BenchCase, build_case, case_inputs, resolve_cases
+from srlib.bench.cases import (
+    BenchCase,
+    build_case,
+    case_inputs,
+    case_multiply_adds,
+    resolve_cases,
+)
 
 __all__ = [
     "DEFAULT_REPEATS",
     "DEFAULT_SIZES",
     "DEFAULT_SWEEP_SIZES",
     "DEFAULT_WARMUP",
+    "MATMUL_MIN_REPEATS",
+    "MATMUL_SIZES",
+    "NOISE_THRESHOLD",
+    "QUICK_MATMUL_SIZE",
     "QUICK_REPEATS",
     "QUICK_SIZES",
     "QUICK_SWEEP_SIZES",
     "QUICK_WARMUP",
     "WORKER_COMMAND",
+    "add_rates",
     "measure_in_subprocess",
+    "measure_matmul",
+    "measure_matmul_in_subprocess",
     "measure_one",
     "run_attention_benchmark",
+    "timing_statistics",
     "worker_main",
 ]
 
@@ -58,6 +76,14 @@ QUICK_SIZES = (8, 16)
 QUICK_SWEEP_SIZES = (8, 16)
 DEFAULT_REPEATS, DEFAULT_WARMUP = 10, 2
 QUICK_REPEATS, QUICK_WARMUP = 1, 1
+# A measurement whose timed passes spread by more than this fraction of their median,
+# (max - min) / median, is flagged "noisy": the machine was busy, re-measure before committing it.
+NOISE_THRESHOLD = 0.20
+# Side n of the square float32 GEMM (n x n) @ (n x n) that measures the matmul rate: 2 n^3 FLOP per pass,
+# 2.1 GFLOP on CPU (about one dense-attention pass at S = 64), 137 GFLOP on CUDA.
+MATMUL_SIZES = {"cpu": 1024, "cuda": 4096}
+QUICK_MATMUL_SIZE = 256
+MATMUL_MIN_REPEATS = 5  # the matmul is timed at least this many times (it is cheap)
 
 WORKER_COMMAND = "_measure-one"  # hidden: `python -m srlib.bench _measure-one SPEC_JSON`
 _RESULT_PREFIX = "SRLIB_BENCH_RESULT "  # the worker's one line of JSON on stdout starts with this
@@ -175,11 +201,51 @@ def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int
             "baseline_bytes": before}
 
 
+def timing_statistics(times_ms: Sequence[float], threshold: float = NOISE_THRESHOLD) -> dict[str, Any]:
+    """Median and spread of timed passes, and whether they vary too much to be trusted.
+
+    Args:
+        times_ms: the wall time of each timed pass, ms (at least one).
+        threshold: the largest relative spread accepted (default :data:`NOISE_THRESHOLD`, 20%).
+
+    Returns:
+        ``time_ms`` (median), ``time_min_ms``, ``time_max_ms``, ``time_spread``
+        (``(max - min) / median``, a fraction; None with fewer than two passes)
+        and ``noisy`` (``time_spread > threshold``; None with fewer than two
+        passes: one pass cannot show a busy machine).
+
+    Raises:
+        ValueError: no times.
+    """
+    times = [float(t) for t in times_ms]
+    if not times:
+        raise ValueError("timing_statistics needs at least one timed pass")
+    median = statistics.median(times)
+    spread = (max(times) - min(times)) / median if len(times) > 1 and median > 0 else None
+    return {"time_ms": median, "time_min_ms": min(times), "time_max_ms": max(times), "time_spread": spread,
+            "noisy": None if spread is None else spread > threshold}
+
+
+def add_rates(record: dict[str, Any], matmul_gflops: float | None) -> dict[str, Any]:
+    """Fill ``gflops`` (``gflop / seconds``) and ``matmul_fraction`` (``gflops / matmul_gflops``) of a record, in place.
+
+    Either is None when its inputs are missing (no declared arithmetic, no
+    time, no matmul rate).  Returns the record.
+    """
+    gflop, time_ms = record.get("gflop"), record.get("time_ms")
+    record["gflops"] = gflop / (time_ms / 1000.0) if gflop is not None and time_ms else None
+    rate = record["gflops"]
+    record["matmul_fraction"] = rate / matmul_gflops if rate is not None and matmul_gflops else None
+    return record
+
+
 def _new_record(spec: dict[str, Any]) -> dict[str, Any]:
     size = spec["size"]
     return {
         "case": spec["case"], "size": size, "positions": size * size, "status": None, "time_ms": None,
-        "times_ms": [], "memory_mib": None, "memory_method": None, "baseline_mib": None, "reason": None,
+        "times_ms": [], "time_min_ms": None, "time_max_ms": None, "time_spread": None, "noisy": None,
+        "memory_mib": None, "memory_method": None, "baseline_mib": None, "multiply_adds": None, "gflop": None,
+        "gflops": None, "matmul_fraction": None, "reason": None,
     }
 
 
@@ -201,8 +267,13 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         One record: ``case, size, positions, status, time_ms`` (median, ms),
-        ``times_ms``, ``memory_mib`` (peak added, MiB), ``memory_method``,
-        ``baseline_mib``, ``reason`` (see :func:`run_attention_benchmark`).
+        ``times_ms``, ``time_min_ms``, ``time_max_ms``, ``time_spread``,
+        ``noisy`` (:func:`timing_statistics`), ``memory_mib`` (peak added,
+        MiB), ``memory_method``, ``baseline_mib``, ``multiply_adds`` and
+        ``gflop`` (the case's declared arithmetic, ``2 * multiply_adds / 1e9``;
+        None when it declares none), ``gflops`` (``gflop / seconds``),
+        ``matmul_fraction`` (None here: :func:`run_attention_benchmark` fills it
+        in) and ``reason`` (see :func:`run_attention_benchmark`).
 
     Raises:
         KeyError: ``spec`` without ``"case"`` or ``"size"``.
@@ -232,6 +303,13 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     size = spec["size"]
     x = torch.randn((1, spec["channels"], size, size), generator=generator).to(device)  # (1, C, S, S) float32
     inputs = case_inputs(case, x, generator)  # (x,) or (x, [K references of x's shape])
+    arithmetic: dict[str, Any] = {}
+    try:  # the declared multiply-adds of one pass on this input (None: the attention declares none)
+        reference_shapes = [tuple(r.shape) for r in inputs[1]] if len(inputs) > 1 else None
+        multiply_adds = case_multiply_adds(case, module, tuple(x.shape), reference_shapes)
+        arithmetic = {"multiply_adds": multiply_adds, "gflop": None if multiply_adds is None else 2 * multiply_adds / 1e9}
+    except Exception as exc:  # noqa: BLE001 - a faulty declaration must not cost the measurement
+        arithmetic = {"reason": f"the declared arithmetic failed: {type(exc).__name__}: {exc}"}
     try:
         with torch.no_grad():
             measured = _time_and_memory(module, inputs, spec["repeats"], spec["warmup"])
@@ -248,15 +326,74 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.empty_cache()
     memory = measured["memory_bytes"]
     baseline = measured["baseline_bytes"]
-    return {
+    return add_rates({
         **record,
+        **arithmetic,
         "status": "ok",
-        "time_ms": statistics.median(measured["times_ms"]),
+        **timing_statistics(measured["times_ms"]),
         "times_ms": measured["times_ms"],
         "memory_mib": None if memory is None else memory / _MIB,
         "memory_method": measured["memory_method"],
         "baseline_mib": None if baseline is None else baseline / _MIB,
+    }, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The machine's matmul rate, in the same settings
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_matmul(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time a square GEMM ``(n, n) @ (n, n)`` in this process: the matrix-product rate the cases are compared with.
+
+    Args:
+        spec: a JSON-ready dict: ``matmul_size`` (n), and optionally ``dtype``
+            (``"float32"``), ``device`` (``"cpu"``), ``threads`` (1), ``repeats``
+            and ``warmup`` (at least :data:`MATMUL_MIN_REPEATS` timed passes and
+            one warm-up pass are run), ``seed`` (0).
+
+    Returns:
+        ``{"status", "shape": [n, n, n], "dtype", "device", "threads", "gflop"``
+        (``2 n^3 / 1e9`` per pass), ``"times_ms"``, the keys of
+        :func:`timing_statistics` and ``"gflops"`` (``gflop`` over the median
+        time in seconds), ``"reason"``}; status ``"failed"`` (with the reason,
+        no rate) when the product could not run.  Never raises for the product.
+
+    Raises:
+        KeyError: ``spec`` without ``"matmul_size"``.
+    """
+    size = int(spec["matmul_size"])
+    dtype_name = str(spec.get("dtype", "float32"))
+    threads = int(spec.get("threads", 1))
+    record: dict[str, Any] = {
+        "status": None, "shape": [size, size, size], "dtype": dtype_name, "device": str(spec.get("device", "cpu")),
+        "threads": threads, "gflop": 2 * size**3 / 1e9, "times_ms": [], "time_ms": None, "time_min_ms": None,
+        "time_max_ms": None, "time_spread": None, "noisy": None, "gflops": None, "reason": None,
     }
+    repeats = max(int(spec.get("repeats", MATMUL_MIN_REPEATS)), MATMUL_MIN_REPEATS)
+    warmup = max(int(spec.get("warmup", 1)), 1)
+    torch.set_num_threads(threads)
+    try:
+        device = torch.device(record["device"])
+        dtype = getattr(torch, dtype_name)
+        generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+        a = torch.randn((size, size), generator=generator).to(device=device, dtype=dtype)  # (n, n)
+        b = torch.randn((size, size), generator=generator).to(device=device, dtype=dtype)  # (n, n)
+        product = _MatrixProduct()
+        with torch.no_grad():
+            _timed_passes(product, (a, b), warmup)
+            times = _timed_passes(product, (a, b), repeats)
+    except Exception as exc:  # noqa: BLE001 - the benchmark goes on without a rate
+        return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    stats = timing_statistics(times)
+    return {**record, "status": "ok", "times_ms": times, **stats, "gflops": record["gflop"] / (stats["time_ms"] / 1000.0)}
+
+
+class _MatrixProduct(nn.Module):
+    """``forward(a, b) = a @ b``: the GEMM timed by :func:`measure_matmul` with the cases' timing loop."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b  # (n, n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +405,8 @@ def worker_main(argv: list[str]) -> int:
     """Entry of ``python -m srlib.bench _measure-one SPEC_JSON``: measure, print the record as one JSON line.
 
     Args:
-        argv: ``[SPEC_JSON]``, the spec of :func:`measure_one` as a JSON string.
+        argv: ``[SPEC_JSON]``, the spec of :func:`measure_one` as a JSON string
+            (with ``"task": "matmul"``: the spec of :func:`measure_matmul`).
 
     Returns:
         0; 2 (with a usage line on stderr) when ``argv`` is not one argument.
@@ -276,9 +414,37 @@ def worker_main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(f"usage: python -m srlib.bench {WORKER_COMMAND} SPEC_JSON", file=sys.stderr)
         return 2
-    record = measure_one(json.loads(argv[0]))
+    spec = json.loads(argv[0])
+    record = measure_matmul(spec) if spec.get("task") == "matmul" else measure_one(spec)
     print(_RESULT_PREFIX + json.dumps(record), flush=True)
     return 0
+
+
+def _run_worker(spec: dict[str, Any], timeout_s: float | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Run ``python -m srlib.bench _measure-one SPEC_JSON`` in a fresh process with ``spec["threads"]`` threads.
+
+    Returns ``(record, None)`` with the worker's record, or ``(None, failure)``
+    with ``failure`` holding ``status`` (``"timeout"``, ``"out_of_memory"`` or
+    ``"failed"``) and ``reason``.
+    """
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.get("threads", 1))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPOSITORY_ROOT), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "srlib.bench", WORKER_COMMAND, json.dumps(spec)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return None, {"status": "timeout", "reason": f"no result within {timeout_s:g} s (raise --timeout)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_PREFIX):
+            return json.loads(line[len(_RESULT_PREFIX):]), {}
+    if proc.returncode < 0:
+        signal_number = -proc.returncode
+        likely = " - most likely the kernel's out-of-memory killer" if signal_number == 9 else ""
+        return None, {"status": "out_of_memory" if signal_number == 9 else "failed",
+                      "reason": f"the measuring process was killed by signal {signal_number}{likely}"}
+    tail = " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
+    return None, {"status": "failed", "reason": f"the measuring process exited with {proc.returncode}: {tail}"}
 
 
 def measure_in_subprocess(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
@@ -297,25 +463,24 @@ def measure_in_subprocess(spec: dict[str, Any], timeout_s: float | None) -> dict
         (killed by signal 9, most likely the kernel's OOM killer) or ``"failed"``
         (the exit status and the last lines of stderr in ``reason``).
     """
-    record = _new_record(spec)
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.get("threads", 1))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPOSITORY_ROOT), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "srlib.bench", WORKER_COMMAND, json.dumps(spec)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {**record, "status": "timeout", "reason": f"no result within {timeout_s:g} s (raise --timeout)"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_RESULT_PREFIX):
-            return json.loads(line[len(_RESULT_PREFIX):])
-    if proc.returncode < 0:
-        signal_number = -proc.returncode
-        likely = " - most likely the kernel's out-of-memory killer" if signal_number == 9 else ""
-        return {**record, "status": "out_of_memory" if signal_number == 9 else "failed",
-                "reason": f"the measuring process was killed by signal {signal_number}{likely}"}
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
-    return {**record, "status": "failed", "reason": f"the measuring process exited with {proc.returncode}: {tail}"}
+    record, failure = _run_worker(spec, timeout_s)
+    return record if record is not None else {**_new_record(spec), **failure}
+
+
+def measure_matmul_in_subprocess(spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+    """:func:`measure_matmul` in a fresh worker process, with the threads and environment of the cases.
+
+    Returns the worker's record, or one with status ``"timeout"``,
+    ``"out_of_memory"`` or ``"failed"`` and no rate (see :func:`measure_in_subprocess`).
+    """
+    record, failure = _run_worker({**spec, "task": "matmul"}, timeout_s)
+    if record is not None:
+        return record
+    size = int(spec["matmul_size"])
+    return {"status": failure["status"], "shape": [size, size, size], "dtype": spec.get("dtype", "float32"),
+            "device": spec.get("device", "cpu"), "threads": spec.get("threads", 1), "gflop": 2 * size**3 / 1e9,
+            "times_ms": [], "time_ms": None, "time_min_ms": None, "time_max_ms": None, "time_spread": None,
+            "noisy": None, "gflops": None, "reason": failure["reason"]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,13 +561,17 @@ def run_attention_benchmark(
     timeout_s: float | None = 1800.0,
     quick: bool | None = None,
     progress: bool = True,
+    matmul_size: int | None = None,
 ) -> dict[str, Any]:
-    """Forward time and peak memory of attention modules on ``(1, C, S, S)`` float32 maps.
+    """Forward time, peak memory and arithmetic rate of attention modules on ``(1, C, S, S)`` float32 maps.
 
-    Every case is measured at every size of ``sizes`` (the table) and
-    ``sweep_sizes`` (the scaling plot), each size once.  How time and memory
-    are measured is described in the docstring of :mod:`srlib.bench`: CUDA in
-    this process, CPU in a fresh process per (case, size).
+    First the machine's matrix-product rate is measured with the settings of
+    the cases (a square GEMM of side ``matmul_size``, same device, dtype and
+    threads; on CPU in a fresh process with the same environment), then every
+    case at every size of ``sizes`` (the table) and ``sweep_sizes`` (the
+    scaling plot), each size once.  How time and memory are measured is
+    described in the docstring of :mod:`srlib.bench`: CUDA in this process,
+    CPU in a fresh process per (case, size).
 
     Args:
         cases: case names: the registered ones (:func:`srlib.bench.attention_cases`,
@@ -437,25 +606,36 @@ def run_attention_benchmark(
             repeat, one warm-up - for tests; arguments given explicitly win.
             None: on when the environment variable ``SRLIB_QUICK`` is set.
         progress: show a ``tqdm`` bar over the cases.
+        matmul_size: side ``n`` of the ``(n, n) @ (n, n)`` GEMM that measures
+            the matmul rate (default :data:`MATMUL_SIZES` of the device, 1024 on
+            CPU; :data:`QUICK_MATMUL_SIZE` in quick mode).
 
     Returns:
         A JSON-ready dict: ``"benchmark"``, ``"settings"`` (the arguments used),
         ``"environment"`` (device, CPU model, torch version, threads...),
+        ``"matmul_gflops"`` (the measured GEMM rate, GFLOP/s; None if it
+        failed), ``"matmul"`` (its record, :func:`measure_matmul`),
         ``"cases"`` (name -> description), ``"case_details"`` (name -> source,
         kind, attention name, options, module spec), ``"measurements"`` (one
         record per (case, size): ``case, size, positions = S*S, status, time_ms``
-        (median, ms), ``times_ms`` (every timed pass, ms), ``memory_mib`` (peak
-        added, MiB), ``memory_method``, ``baseline_mib``, ``reason``), and
+        (median, ms), ``times_ms`` (every timed pass, ms), ``time_min_ms``,
+        ``time_max_ms``, ``time_spread`` (``(max - min) / median``) and
+        ``noisy`` (spread above :data:`NOISE_THRESHOLD`; None with one pass),
+        ``memory_mib`` (peak added, MiB), ``memory_method``, ``baseline_mib``,
+        ``multiply_adds`` and ``gflop`` (declared arithmetic of one pass,
+        ``gflop = 2 * multiply_adds / 1e9``; None for a case whose attention
+        declares none), ``gflops`` (``gflop / (time_ms / 1000)``),
+        ``matmul_fraction`` (``gflops / matmul_gflops``), ``reason``), and
         ``"summary"`` (:func:`srlib.bench.report.summarise_attention_benchmark`).
         ``status`` is ``"ok"``, ``"refused"`` (memory guard; ``reason`` is its
         message), ``"failed"``, ``"timeout"``, ``"out_of_memory"`` or
-        ``"skipped"``; only ``"ok"`` records have a time.
+        ``"skipped"``; only ``"ok"`` records have a time and a rate.
 
     Raises:
         ValueError: an unknown case (the message lists the known ones); a module
             spec that cannot be imported; sizes, repeats, warm-up, channels,
-            threads, grid or limits that are not positive (warm-up may be 0); no
-            sizes or no cases at all.
+            threads, grid, limits or ``matmul_size`` that are not positive
+            (warm-up may be 0); no sizes or no cases at all.
         RuntimeError: ``device="cuda"`` where CUDA is not available.
     """
     from srlib.bench.report import summarise_attention_benchmark
@@ -488,6 +668,9 @@ def run_attention_benchmark(
     if isinstance(probe_mib, bool) or not isinstance(probe_mib, numbers.Real) or not probe_mib >= 0:
         raise ValueError(f"probe_mib must be a number >= 0, got {probe_mib!r}")
     run_device = _resolve_device(device)
+    if matmul_size is None:
+        matmul_size = QUICK_MATMUL_SIZE if quick else MATMUL_SIZES.get(run_device.type, MATMUL_SIZES["cpu"])
+    matmul_size = _positive_int("matmul_size", matmul_size)
 
     from tqdm.auto import tqdm
 
@@ -503,10 +686,18 @@ def run_attention_benchmark(
         "dtype": "float32", "repeats": repeats, "warmup": warmup, "threads": threads, "region_grid": grid,
         "max_attention_bytes": limit, "probe_mib": probe_mib, "seed": seed, "timeout_s": timeout_s, "quick": quick,
         "isolation": "in-process" if run_device.type == "cuda" else "fresh process per (case, size)",
+        "matmul_size": matmul_size, "noise_threshold": NOISE_THRESHOLD,
     }
     measured_sizes = sorted(set(table_sizes) | set(sweep))
     records: list[dict[str, Any]] = []
     previous_threads = torch.get_num_threads()
+    matmul_spec = {"matmul_size": matmul_size, "dtype": settings["dtype"], "device": str(run_device),
+                   "threads": threads, "repeats": repeats, "warmup": warmup, "seed": seed}
+    if run_device.type == "cuda":
+        matmul = measure_matmul(matmul_spec)
+    else:
+        matmul = measure_matmul_in_subprocess(matmul_spec, timeout_s)
+    matmul_gflops = matmul["gflops"] if matmul["status"] == "ok" else None
     bar = tqdm(chosen, desc="attention bench", unit="case", disable=not progress)
     try:
         for case in bar:
@@ -526,7 +717,7 @@ def run_attention_benchmark(
                     record = measure_in_subprocess(spec, timeout_s)
                 if record["status"] in _STOPPING_STATUSES and stopped is None:
                     stopped = f"not run: {record['status']} at the smaller size S={size}"
-                records.append(record)
+                records.append(add_rates(record, matmul_gflops))
     finally:
         bar.close()
         torch.set_num_threads(previous_threads)
@@ -534,6 +725,8 @@ def run_attention_benchmark(
         "benchmark": "attention",
         "settings": settings,
         "environment": _environment(run_device, threads),
+        "matmul_gflops": matmul_gflops,
+        "matmul": matmul,
         "cases": {c.name: c.description for c in chosen},
         "case_details": {c.name: c.details() for c in chosen},
         "measurements": records,

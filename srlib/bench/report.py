@@ -7,6 +7,14 @@ up in the registry).  The summary's references are two cases of attention
 ``non_local``: ``dense_explicit`` (speed-up ``t_ref / t`` and memory ratio
 ``mem / mem_ref``) and ``dense_fused`` (the size from which each case of
 attention ``nlsa`` - whatever its registered rounds - is faster).
+
+Rates: each measurement's ``gflop`` (its attention's declared arithmetic),
+``gflops`` (``gflop`` over the median time) and ``matmul_fraction`` (over the
+GEMM rate ``matmul_gflops`` measured in the same run) are shown per case, and
+so is the spread of the timed passes: a measurement whose passes vary by more
+than the run's ``noise_threshold`` (20%) is marked ``!`` in the table and
+listed under ``"noisy"`` in the summary - a busy machine; re-measure it before
+committing the figures.  Results saved before these fields existed show ``-``.
 """
 
 from __future__ import annotations
@@ -90,15 +98,20 @@ def summarise_attention_benchmark(result: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"table": [...], "slopes": {...}, "time_ratio_s200_over_s100": {...},
-        "nlsa_faster_than_dense_fused": {...}}``: one table row per (table size,
-        case) with ``time_ms`` (ms), ``memory_mib`` (MiB), ``speedup_vs_dense_explicit``
-        (``t_dense_explicit / t``) and ``memory_ratio_vs_dense_explicit``
-        (``mem / mem_dense_explicit``), None where either is missing; per case the
+        "nlsa_faster_than_dense_fused": {...}, "noisy": [...]}``: one table row per (table size,
+        case) with ``time_ms`` (ms), ``time_spread`` and ``noisy`` (see
+        :func:`srlib.bench.measure.timing_statistics`), ``memory_mib`` (MiB),
+        ``speedup_vs_dense_explicit`` (``t_dense_explicit / t``),
+        ``memory_ratio_vs_dense_explicit`` (``mem / mem_dense_explicit``),
+        ``gflop``, ``gflops`` and ``matmul_fraction``, None where missing; per case the
         least-squares log-log slopes of time and memory against ``H*W`` over every
         measured size (None with fewer than two sizes); ``time(S=200) / time(S=100)``
         per case measured at both; per case of attention ``nlsa`` the smallest
         size from which it is faster than ``dense_fused`` at every larger
-        compared size (``size``, ``largest_compared``, ``text``).
+        compared size (``size``, ``largest_compared``, ``text``); ``"noisy"``: every
+        ``"ok"`` measurement (table and sweep sizes) whose timed passes spread
+        by more than the noise threshold, ``{"case", "size", "time_spread",
+        "time_min_ms", "time_max_ms"}``.
 
     Raises:
         KeyError: a measurement missing for a (case, table size) of the settings.
@@ -115,9 +128,11 @@ def summarise_attention_benchmark(result: dict[str, Any]) -> dict[str, Any]:
             mine = ok.get((case, size))
             table.append({
                 "size": size, "case": case, "status": r["status"], "time_ms": r["time_ms"],
+                "time_spread": r.get("time_spread"), "noisy": r.get("noisy"),
                 "memory_mib": r["memory_mib"],
                 "speedup_vs_dense_explicit": _ratio(ref and ref["time_ms"], mine and mine["time_ms"]),
                 "memory_ratio_vs_dense_explicit": _ratio(mine and mine["memory_mib"], ref and ref["memory_mib"]),
+                "gflop": r.get("gflop"), "gflops": r.get("gflops"), "matmul_fraction": r.get("matmul_fraction"),
             })
     slopes = {}
     for case in cases:
@@ -148,11 +163,17 @@ def summarise_attention_benchmark(result: dict[str, Any]) -> dict[str, Any]:
         else:
             text = f"from S={since} (compared at S={', '.join(map(str, both))})"
         faster[case] = {"size": since, "largest_compared": both[-1] if both else None, "text": text}
+    noisy = [
+        {"case": r["case"], "size": r["size"], "time_spread": r.get("time_spread"),
+         "time_min_ms": r.get("time_min_ms"), "time_max_ms": r.get("time_max_ms")}
+        for r in result["measurements"] if r["status"] == "ok" and r.get("noisy")
+    ]
     return {
         "table": table,
         "slopes": slopes,
         f"time_ratio_s{large}_over_s{small}": ratios,
         "nlsa_faster_than_dense_fused": faster,
+        "noisy": noisy,
     }
 
 
@@ -160,14 +181,40 @@ def _cell(value: float | None, fmt: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
 
 
+def _percent(value: float | None, width: int, mark: str = "") -> str:
+    text = "-" if value is None else f"{100 * value:.0f}%{mark}"
+    return f"{text:>{width}}"
+
+
+def _matmul_line(result: dict[str, Any]) -> str:
+    """The report's line on the matmul rate the fractions are against."""
+    matmul = result.get("matmul")
+    rate = result.get("matmul_gflops")
+    if not matmul:
+        return "matmul rate: not measured (a result saved before the rate was part of the benchmark)"
+    n = matmul["shape"][0]
+    if rate is None:
+        return f"matmul rate: {n}x{n}x{n} {matmul['dtype']} GEMM failed ({matmul.get('reason')}); no fractions"
+    spread = matmul.get("time_spread")
+    noisy = " - NOISY, passes vary by more than the threshold" if matmul.get("noisy") else ""
+    spread_text = "" if spread is None else f", spread {100 * spread:.0f}%{noisy}"
+    return (f"matmul rate: {rate:.1f} GFLOP/s ({n}x{n} @ {n}x{n} {matmul['dtype']} GEMM, median of "
+            f"{len(matmul['times_ms'])} pass(es) after warm-up, {matmul['threads']} thread(s){spread_text}); "
+            f"GFLOP = 2 x the declared multiply-adds of one pass")
+
+
 def format_attention_report(result: dict[str, Any]) -> str:
     """The printed report of a :func:`srlib.bench.run_attention_benchmark` result, as one string.
 
-    Contents: the setting (device, CPU model, threads, torch version, repeats);
-    per table size, one row per case with time (ms), peak memory added (MiB),
-    speed-up (``t_dense_explicit / t``) and memory ratio (``mem / mem_dense_explicit``);
-    the log-log slopes; ``time(S=200) / time(S=100)`` per case; the size from
-    which each NLSA case is faster than ``dense_fused``; the reasons of
+    Contents: the setting (device, CPU model, threads, torch version, repeats)
+    and the matmul rate of the run; per table size, one row per case with time
+    (ms), the spread of its timed passes (``(max - min) / median``, marked
+    ``!`` above the noise threshold), peak memory added (MiB), speed-up
+    (``t_dense_explicit / t``), memory ratio (``mem / mem_dense_explicit``),
+    GFLOP of one pass, achieved GFLOP/s and their fraction of the matmul rate
+    (``-`` where the attention declares no arithmetic); the log-log slopes;
+    ``time(S=200) / time(S=100)`` per case; the size from which each NLSA case
+    is faster than ``dense_fused``; the noisy measurements; the reasons of
     refused / failed / timed-out cases (once per case).
 
     Args:
@@ -187,8 +234,11 @@ def format_attention_report(result: dict[str, Any]) -> str:
          f"({env['device_name']}), {env['torch_threads']} thread(s), torch {env['torch_version']}"),
         (f"time: median of {settings['repeats']} pass(es) after {settings['warmup']} warm-up; "
          f"memory: peak added by the forward pass ({_memory_methods(result)})"),
+        _matmul_line(result),
     ]
-    header = f"{'case':<{width}} {'time (ms)':>10} {'memory (MiB)':>13} {'speed-up':>9} {'mem ratio':>10}"
+    threshold = settings.get("noise_threshold", 0.20)
+    header = (f"{'case':<{width}} {'time (ms)':>10} {'spread':>7} {'memory (MiB)':>13} {'speed-up':>9} "
+              f"{'mem ratio':>10} {'GFLOP':>9} {'GFLOP/s':>8} {'matmul':>7}")
     for size in settings["sizes"]:
         lines += ["", f"S = {size} ({size * size} positions); ratios against {DENSE_REFERENCE}", header]
         for row in (r for r in summary["table"] if r["size"] == size):
@@ -198,8 +248,12 @@ def format_attention_report(result: dict[str, Any]) -> str:
             speedup = row["speedup_vs_dense_explicit"]
             speedup_text = f"{'-':>9}" if speedup is None else f"{speedup:>8.2f}x"
             lines.append(
-                f"{row['case']:<{width}} {_cell(row['time_ms'], '.2f', 10)} {_cell(row['memory_mib'], '.1f', 13)} "
-                f"{speedup_text} {_cell(row['memory_ratio_vs_dense_explicit'], '.3f', 10)}"
+                f"{row['case']:<{width}} {_cell(row['time_ms'], '.2f', 10)} "
+                f"{_percent(row.get('time_spread'), 7, '!' if row.get('noisy') else '')} "
+                f"{_cell(row['memory_mib'], '.1f', 13)} "
+                f"{speedup_text} {_cell(row['memory_ratio_vs_dense_explicit'], '.3f', 10)} "
+                f"{_cell(row.get('gflop'), '.3f', 9)} {_cell(row.get('gflops'), '.1f', 8)} "
+                f"{_percent(row.get('matmul_fraction'), 7)}"
             )
     lines += ["", "log-log slope against H*W (time, memory) over every measured size:"]
     for case, slope in summary["slopes"].items():
@@ -216,6 +270,20 @@ def format_attention_report(result: dict[str, Any]) -> str:
     if summary["nlsa_faster_than_dense_fused"]:
         lines += ["", f"NLSA faster than {FUSED_REFERENCE}:"]
         lines += [f"  {case:<{width}} {v['text']}" for case, v in summary["nlsa_faster_than_dense_fused"].items()]
+    noisy = summary.get("noisy") or []
+    if noisy:
+        lines += ["", (f"NOISY (marked !): the timed passes of these measurements vary by more than "
+                       f"{100 * threshold:.0f}% of their median - the machine was busy; re-measure on an idle "
+                       "machine before committing these figures:")]
+        lines += [f"  {n['case']:<{width}} S={n['size']}: spread {100 * n['time_spread']:.0f}% "
+                  f"({n['time_min_ms']:.2f} to {n['time_max_ms']:.2f} ms)" for n in noisy]
+    elif settings.get("repeats", 0) < 2 and result["measurements"]:
+        lines += ["", ("spread: one timed pass per measurement, so a busy machine cannot be detected "
+                       "(use --repeats 3 or more for figures worth committing)")]
+    undeclared = sorted({r["case"] for r in result["measurements"] if r["status"] == "ok" and r.get("gflop") is None
+                         and "gflop" in r})
+    if undeclared:
+        lines += ["", f"no declared arithmetic (GFLOP '-'): {', '.join(undeclared)}"]
     notes = {}
     for r in result["measurements"]:
         if r["status"] not in ("ok", "skipped") and r["case"] not in notes:
