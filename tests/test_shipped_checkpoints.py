@@ -14,6 +14,7 @@ from srlib.data.io import to_float, to_uint8
 from srlib.evaluate import super_resolve
 from srlib.imresize import imresize
 from srlib.metrics import psnr_y
+from srlib.models import build_model, takes_references
 
 FOLDER = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 # file -> (model name, scale): what each shipped file must hold.
@@ -23,7 +24,11 @@ SHIPPED = {
     "nlsn_x2.pt": ("nlsn", 2),
     "dlsn_x2.pt": ("dlsn", 2),
     "dlsn_bd_x3.pt": ("dlsn", 3),
+    "amrsr_x4.pt": ("amrsr", 4),
+    "amrsr_single_x4.pt": ("amrsr", 4),
 }
+# The reference-SR files are scored on a reference group, not on a Set5 crop.
+REFERENCE_SR = {"amrsr_x4.pt", "amrsr_single_x4.pt"}
 
 
 def test_every_shipped_file_is_listed_with_its_checksum():
@@ -49,7 +54,7 @@ def test_shipped_checkpoint_is_slim_and_rebuilds_its_model(name):
     assert not model.training
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
+@pytest.mark.parametrize("name", sorted(set(SHIPPED) - REFERENCE_SR))
 def test_shipped_checkpoint_beats_bicubic_on_a_set5_crop(name):
     # A 48x48 LR crop of Set5 "butterfly": small enough for every model's attention on a CPU,
     # every shipped model gains more than 1 dB on it (an untrained one loses about 13 dB).
@@ -65,6 +70,18 @@ def test_shipped_checkpoint_beats_bicubic_on_a_set5_crop(name):
     bicubic = to_uint8(imresize(lr, scale=scale))
     gain = (psnr_y(sr, hr, scale) - psnr_y(bicubic, hr, scale)).item()
     assert gain > 0.5, f"{name}: only {gain:+.2f} dB over bicubic on the crop"
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SR))
+def test_shipped_reference_sr_checkpoint_beats_bicubic_on_a_multiview_group(name):
+    """The x4 reference model (with its group's nearest reference) and its baseline gain > 0.5 dB on group 000."""
+    from srlib.evaluate import evaluate_references
+
+    model = model_from_checkpoint(FOLDER / name, expected_model="amrsr", expected_scale=4)
+    ours = evaluate_references(model, "MultiViewRef_mini", 4, n_refs=1, max_groups=1, progress=False)
+    bicubic = evaluate_references(build_model("bicubic", 4), "MultiViewRef_mini", 4, max_groups=1, progress=False)
+    gain = ours["psnr"] - bicubic["psnr"]
+    assert gain > 0.5, f"{name}: only {gain:+.2f} dB over bicubic on MultiViewRef_mini group 000"
 
 
 # Outputs of every shipped model on one fixed input, recorded with the srlib that trained them
@@ -84,7 +101,10 @@ def test_shipped_checkpoint_gives_the_outputs_recorded_before_the_registry(name)
     model_name, scale = SHIPPED[name]
     model = model_from_checkpoint(FOLDER / name, expected_model=model_name, expected_scale=scale)
     with torch.no_grad():
-        out = model(recorded["lr"])  # (2, 3, 14 s, 17 s) from a (2, 3, 14, 17) input
+        if takes_references(model):  # with one fixed HR reference (2, 3, 60, 72)
+            out = model(recorded["lr"], [recorded["reference"]])
+        else:
+            out = model(recorded["lr"])  # (2, 3, 14 s, 17 s) from a (2, 3, 14, 17) input
     torch.testing.assert_close(
         out, recorded[name.removesuffix(".pt")], atol=1e-6, rtol=0,
         msg=lambda m: f"{name} no longer gives its recorded output: {m}",
