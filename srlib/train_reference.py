@@ -122,25 +122,19 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] |
 def validate_references(model: nn.Module, config, device: torch.device) -> float:
     """Mean PSNR on Y (dB, shave = scale) on ``config.val_set`` with ``config.references`` references per group.
 
-    Groups with fewer references than ``config.references`` get all of theirs
-    (a set of 5-reference groups scores a 2-reference model with 2).
+    When some group holds fewer references, every group gets that many (a set
+    of 5-reference groups scores a 2-reference model with 2).
     """
+    from .data.reference import ReferenceGroupDataset
     from .evaluate import evaluate_references
 
-    scores = evaluate_references(model, config.val_set, config.scale, n_refs=_n_refs(config), roots=config.data_roots,
+    groups = ReferenceGroupDataset(config.val_set, config.scale, roots=config.data_roots,
+                                   max_groups=config.val_max_images).groups
+    n_refs = min(config.references, *(len(group.references) for group in groups))
+    scores = evaluate_references(model, config.val_set, config.scale, n_refs=n_refs, roots=config.data_roots,
                                  device=device, progress=False, max_groups=config.val_max_images)
     model.train()
     return scores["psnr"]
-
-
-def _n_refs(config) -> int | None:
-    from .data import reference
-
-    try:
-        info = reference.get_reference_dataset_info(config.val_set)
-    except ValueError:
-        return config.references
-    return min(config.references, info.references) if info.references else config.references
 
 
 def _group_scores(result: dict) -> dict:
