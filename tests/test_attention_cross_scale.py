@@ -13,9 +13,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from srlib.attention import attention_entry
 from srlib.attention.cross_scale import (
+    CHUNK_BYTES,
+    CHUNK_QUERIES,
+    MIN_CHUNK,
+    NORMALIZATIONS,
+    PAD_MODES,
     AttentionMemoryError,
     CrossScaleAttention,
     CrossScaleDetails,
@@ -24,6 +31,7 @@ from srlib.attention.cross_scale import (
     bilinear_downscale,
     cross_scale_attention,
     cross_scale_attention_bytes,
+    cross_scale_chunk_size,
     naive_cross_scale_attention,
     overlap_count,
     pad_to_multiple,
@@ -233,11 +241,16 @@ def test_batch_equals_images_one_by_one(function):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("height, width, p", [(4, 4, 3), (3, 5, 3), (4, 2, 1)])
-def test_gradcheck_patch_version(height, width, p):
-    query, key, value = random_maps(2, 2, 1, height, width, 2, seed=13)
+@pytest.mark.parametrize("implementation, chunk_size", [("conv", None), ("matmul", None), ("matmul", 5)])
+@pytest.mark.parametrize("height, width, s, p", [(4, 4, 2, 3), (3, 5, 2, 3), (4, 2, 2, 1), (4, 5, 3, 3)])
+def test_gradcheck_patch_version(height, width, s, p, implementation, chunk_size):
+    # chunk_size=5 never divides the padded map (16, 24, 16 and 36 queries) and starts chunks inside rows.
+    query, key, value = random_maps(2, 2, 1, height, width, s, seed=13)
     inputs = tuple(t.mul(0.3).requires_grad_() for t in (query, key, value))
-    assert torch.autograd.gradcheck(lambda q, k, v: cross_scale_attention(q, k, v, 2, p), inputs)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: cross_scale_attention(q, k, v, s, p, implementation=implementation, chunk_size=chunk_size),
+        inputs,
+    )
 
 
 def test_gradcheck_pixel_and_naive_versions():
@@ -284,10 +297,12 @@ def official_style_pipeline(module: CrossScaleAttention, x: torch.Tensor) -> tor
     return torch.cat(outputs)
 
 
+@pytest.mark.parametrize("implementation", ["matmul", "conv"])
 @pytest.mark.parametrize("s", [2, 3])
-def test_module_constant6_matches_official_style_pipeline(s):
+def test_module_constant6_matches_official_style_pipeline(s, implementation):
     torch.manual_seed(1)
-    module = CrossScaleAttention(4, scale=s, patch_size=3, normalization="constant6").double()
+    module = CrossScaleAttention(4, scale=s, patch_size=3, normalization="constant6", implementation=implementation)
+    module = module.double()
     x = torch.randn(3, 4, 2 * s, 3 * s, dtype=DTYPE, generator=torch.Generator().manual_seed(16))
     with torch.no_grad():
         torch.testing.assert_close(module(x), official_style_pipeline(module, x), rtol=1e-10, atol=1e-12)
@@ -435,11 +450,12 @@ def test_attention_bytes_counts_scores_and_weights():
 
 
 def test_memory_guard_raises_before_computing():
+    # The paths that hold the whole score map: eq. 3 and eq. 4 with implementation="conv".
     query, key, value = random_maps(2, 2, 2, 5, 7, 2, seed=20)
     needed = cross_scale_attention_bytes(2, 5, 7, 2, DTYPE)
-    cross_scale_attention(query, key, value, 2, max_attention_bytes=needed)  # exactly at the limit: fine
+    cross_scale_attention(query, key, value, 2, max_attention_bytes=needed, implementation="conv")  # at the limit
     with pytest.raises(AttentionMemoryError) as info:
-        cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1)
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1, implementation="conv")
     message = str(info.value)
     assert isinstance(info.value, MemoryError)
     assert "5x7" in message and str(needed) in message and "srlib eval --tile" in message and "fits" in message
@@ -447,7 +463,7 @@ def test_memory_guard_raises_before_computing():
     for run in (
         lambda: pixel_cross_scale_attention(query, key, value, 2, max_attention_bytes=needed - 1),
         lambda: naive_cross_scale_attention(query, key, key, max_attention_bytes=100),
-        lambda: CrossScaleAttention(2, max_attention_bytes=1000)(torch.rand(1, 2, 8, 8)),
+        lambda: CrossScaleAttention(2, max_attention_bytes=1000, implementation="conv")(torch.rand(1, 2, 8, 8)),
     ):
         with pytest.raises(AttentionMemoryError, match="tile"):
             run()
@@ -459,7 +475,7 @@ def test_default_memory_limit_refuses_a_huge_map_without_allocating():
     query = torch.zeros(1, 1, 1, 1).expand(1, 2, 4000, 4000)
     key = torch.zeros(1, 1, 1, 1).expand(1, 2, 2000, 2000)
     with pytest.raises(AttentionMemoryError, match="4000x4000"):
-        cross_scale_attention(query, key, query, 2)
+        cross_scale_attention(query, key, query, 2, implementation="conv")
 
 
 def test_default_memory_limit_follows_available_memory(monkeypatch):
@@ -469,9 +485,17 @@ def test_default_memory_limit_follows_available_memory(monkeypatch):
     needed = cross_scale_attention_bytes(1, 4, 4, 2, DTYPE)
     monkeypatch.setattr(_common, "available_memory_bytes", lambda device: needed)  # limit = needed / 2
     with pytest.raises(AttentionMemoryError, match="available"):
-        cross_scale_attention(query, key, value, 2)
+        cross_scale_attention(query, key, value, 2, implementation="conv")
+    per_query = 1 * (2 * 4 + 2 * 2 * 36) * 8  # matmul: scores, weights and value patches of one query
+    with pytest.raises(AttentionMemoryError, match="available"):
+        cross_scale_attention(query, key, value, 2)  # not even one query fits in needed / 2
+    monkeypatch.setattr(_common, "available_memory_bytes", lambda device: 2 * 3 * per_query)  # 3 queries fit
+    torch.testing.assert_close(
+        cross_scale_attention(query, key, value, 2),
+        cross_scale_attention(query, key, value, 2, implementation="conv", max_attention_bytes=math.inf),
+    )
     monkeypatch.setattr(_common, "available_memory_bytes", lambda device: None)  # unknown: no guard
-    assert cross_scale_attention(query, key, value, 2).shape == (1, 2, 8, 8)
+    assert cross_scale_attention(query, key, value, 2, implementation="conv").shape == (1, 2, 8, 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,3 +529,199 @@ def test_bad_input_raises_one_clear_error():
         naive_cross_scale_attention(query, key, value)
     with pytest.raises(ValueError, match="max_attention_bytes"):
         cross_scale_attention(query, key, value, 2, max_attention_bytes=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two implementations of eq. 4: chunked matrix products (default) and the convolutions
+# ----------------------------------------------------------------------------------------------
+
+# (N, C_qk, C_v, H, W, s): multiples of s, sizes that are not, tiny maps, s = 4
+IMPLEMENTATION_SHAPES = DIVISIBLE + ODD + [(1, 2, 2, 1, 1, 2), (3, 2, 1, 4, 13, 4), (1, 1, 2, 9, 8, 3)]
+
+
+@pytest.mark.parametrize("p", [1, 3, 5])
+@pytest.mark.parametrize("n, c_qk, c_v, height, width, s", IMPLEMENTATION_SHAPES)
+def test_matmul_equals_conv_in_float64(n, c_qk, c_v, height, width, s, p):
+    query, key, value = random_maps(n, c_qk, c_v, height, width, s, seed=30 + p)
+    queries = math.ceil(height / s) * s * math.ceil(width / s) * s  # Hp * Wp
+    for normalization in NORMALIZATIONS:
+        expected, expected_attention = cross_scale_attention(
+            query, key, value, s, p, normalization=normalization, return_attention=True, implementation="conv"
+        )
+        # None: one chunk; 1: one query per chunk; 5 and 7 divide none of the padded maps here.
+        for chunk_size in (None, 1, 5, 7, queries - 1, queries + 3):
+            out, attention = cross_scale_attention(
+                query, key, value, s, p, normalization=normalization, return_attention=True,
+                chunk_size=max(chunk_size, 1) if chunk_size is not None else None,
+            )
+            torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(attention, expected_attention, rtol=1e-12, atol=1e-12)
+            assert attention.shape == (n, math.ceil(height / s) * math.ceil(width / s), height, width)
+        for pad_mode in PAD_MODES if min(height, width) > s else ("replicate",):
+            torch.testing.assert_close(
+                cross_scale_attention(query, key, value, s, p, normalization=normalization, pad_mode=pad_mode,
+                                      chunk_size=5),
+                cross_scale_attention(query, key, value, s, p, normalization=normalization, pad_mode=pad_mode,
+                                      implementation="conv"),
+                rtol=1e-12, atol=1e-12,
+            )
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_matmul_matches_the_eq4_loops_with_chunks_that_cut_rows(p):
+    query, key, value = random_maps(2, 3, 2, 5, 7, 2, seed=31)
+    summed, count, expected_attention = cross_scale_eq4_loops(
+        pad_to_multiple_loops(query, 2), key, pad_to_multiple_loops(value, 2), 2, p
+    )
+    out, attention = cross_scale_attention(query, key, value, 2, p, return_attention=True, chunk_size=11)
+    torch.testing.assert_close(out, (summed / count)[..., :10, :14], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attention, expected_attention[..., :5, :7], rtol=1e-10, atol=1e-12)
+
+
+def test_row_pieces_cover_a_range_with_at_most_three_rectangles():
+    from srlib.attention.cross_scale import _row_pieces
+
+    width = 6
+    for start in range(30):
+        for stop in range(start + 1, 31):
+            pieces = list(_row_pieces(start, stop, width))
+            assert len(pieces) <= 3
+            positions = [
+                (row + dr) * width + column + dc
+                for _, row, column, rows, columns in pieces for dr in range(rows) for dc in range(columns)
+            ]
+            assert positions == list(range(start, stop))  # in order, each once
+            assert [offset for offset, *_ in pieces] == [sum(r * c for *_, r, c in pieces[:i]) for i in range(len(pieces))]
+
+
+class _LargestStorage(TorchDispatchMode):
+    """Records the largest storage (in elements) of any tensor an operator returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_matmul_never_holds_the_whole_score_map(chunk_size):
+    # 32x32 at s = 2: 256 keys x 1024 queries = 262144 scores. In chunks the largest tensors are
+    # the ones that grow with the map (unfolded patches, output), under a quarter of that.
+    query, key, value = random_maps(1, 2, 2, 32, 32, 2, seed=32)
+    full = 256 * 1024
+    with torch.no_grad():
+        with _LargestStorage() as conv:
+            expected = cross_scale_attention(query, key, value, 2, 3, implementation="conv")
+        with _LargestStorage() as matmul:
+            out = cross_scale_attention(query, key, value, 2, 3, chunk_size=chunk_size)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert conv.largest >= full  # the (N, h*w, Hp, Wp) scores
+    assert chunk_size * 256 <= matmul.largest < full // 4
+
+
+def test_chunk_size_fits_the_limit_instead_of_refusing():
+    # 5x7 at s = 2, p = 3, C = 2, N = 2: 12 keys; one query needs 2 * (2*12 + 2*2*36) * 8 = 2688 bytes.
+    per_query = 2 * (2 * 12 + 2 * 2 * 36) * 8
+    assert cross_scale_chunk_size(2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=math.inf) == 48  # whole map
+    assert cross_scale_chunk_size(2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=math.inf, chunk_size=5) == 5
+    assert cross_scale_chunk_size(2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=3 * per_query) == 3
+    assert cross_scale_chunk_size(2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=3 * per_query, chunk_size=2) == 2
+    assert cross_scale_chunk_size(2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=per_query) == 1
+    whole = 2 * 12 * 48 * 8  # one (N, h*w, Hp, Wp) float64 weight map
+    assert cross_scale_chunk_size(
+        2, 5, 7, 2, 3, 2, DTYPE, max_attention_bytes=whole + 2 * per_query, whole_weight_maps=1
+    ) == 2
+    # Default chunk: CHUNK_QUERIES, fewer when their scores exceed CHUNK_BYTES, at least MIN_CHUNK, at most the map.
+    assert cross_scale_chunk_size(1, 150, 150, 2, 3, 64, torch.float32, max_attention_bytes=math.inf) == CHUNK_QUERIES
+    side = 2 * math.ceil(math.sqrt(CHUNK_BYTES / (4 * CHUNK_QUERIES))) + 20  # more keys than CHUNK_BYTES allows for CHUNK_QUERIES
+    keys = (side // 2) ** 2
+    assert cross_scale_chunk_size(1, side, side, 2, 3, 64, torch.float32, max_attention_bytes=math.inf) == (
+        CHUNK_BYTES // (keys * 4)
+    ) < CHUNK_QUERIES
+    assert cross_scale_chunk_size(1, 3000, 3000, 2, 3, 64, torch.float32, max_attention_bytes=math.inf) == MIN_CHUNK
+    # The guard picks the chunk: a limit far below the whole map still gives the same output.
+    query, key, value = random_maps(2, 2, 2, 15, 16, 2, seed=33)  # 64 keys, 256 padded queries
+    per_query = 2 * (2 * 64 + 2 * 2 * 36) * 8
+    assert cross_scale_chunk_size(2, 15, 16, 2, 3, 2, DTYPE, max_attention_bytes=3 * per_query) == 3
+    assert cross_scale_attention_bytes(2, 15, 16, 2, DTYPE) > 40 * 3 * per_query
+    torch.testing.assert_close(
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=3 * per_query),
+        cross_scale_attention(query, key, value, 2, implementation="conv"), rtol=1e-12, atol=1e-12,
+    )
+
+
+def test_matmul_refuses_when_not_even_one_query_fits():
+    query, key, value = random_maps(2, 2, 2, 5, 7, 2, seed=34)
+    per_query = 2 * (2 * 12 + 2 * 2 * 36) * 8
+    cross_scale_attention(query, key, value, 2, max_attention_bytes=per_query)  # one query per chunk: fine
+    with pytest.raises(AttentionMemoryError) as info:
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=per_query - 1)
+    message = str(info.value)
+    assert "5x7" in message and "single query" in message and "srlib eval --tile" in message
+    assert info.value.needed_bytes == per_query and info.value.limit_bytes == per_query - 1
+    # Under autograd every chunk's weights are kept for the backward pass: the guard counts them.
+    whole = 2 * 12 * 48 * 8
+    leaf = query.clone().requires_grad_()
+    with torch.no_grad():
+        cross_scale_attention(leaf, key, value, 2, max_attention_bytes=per_query)
+    with pytest.raises(AttentionMemoryError, match="backward pass") as info:
+        cross_scale_attention(leaf, key, value, 2, max_attention_bytes=per_query)
+    assert info.value.needed_bytes == whole + per_query
+    out = cross_scale_attention(leaf, key, value, 2, max_attention_bytes=whole + per_query)
+    out.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    # A huge map (broadcast views: no memory) is refused at once when one query does not fit.
+    big_query = torch.zeros(1, 1, 1, 1).expand(1, 2, 4000, 4000)
+    big_key = torch.zeros(1, 1, 1, 1).expand(1, 2, 2000, 2000)
+    with pytest.raises(AttentionMemoryError, match="4000x4000"):
+        cross_scale_attention(big_query, big_key, big_query, 2, max_attention_bytes=2**20)
+
+
+def test_implementation_options_and_registry_cases():
+    query, key, value = random_maps(1, 2, 2, 4, 4, 2, seed=35)
+    with pytest.raises(ValueError, match="implementation"):
+        cross_scale_attention(query, key, value, 2, implementation="fft")
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            cross_scale_attention(query, key, value, 2, chunk_size=bad)
+    with pytest.raises(ValueError, match="implementation"):
+        CrossScaleAttention(4, implementation="loops")
+    with pytest.raises(ValueError, match="chunk_size"):
+        CrossScaleAttention(4, chunk_size=0)
+    module = CrossScaleAttention(4)
+    assert module.implementation == "matmul" and not module.memory_guarded
+    assert "implementation='matmul'" in repr(module)
+    conv = CrossScaleAttention(4, implementation="conv")
+    assert conv.memory_guarded
+    assert set(module.state_dict()) == set(conv.state_dict())  # the option is not in the checkpoint
+    bench = attention_entry("cross_scale").bench
+    assert bench["cross_scale"].get("implementation", "matmul") == "matmul"
+    assert bench["cross_scale_conv"]["implementation"] == "conv"
+    assert bench["cross_scale_conv"]["scale"] == bench["cross_scale"]["scale"] == 2
+    assert bench["cross_scale_conv"]["patch_size"] == bench["cross_scale"]["patch_size"] == 3
+
+
+def test_both_implementations_give_the_recorded_outputs_of_the_shipped_csnln():
+    # The recorded outputs were made with the convolution formulation (before the matrix-product
+    # path existed); both must reproduce them, also with chunks that cut the 14x18 padded rows.
+    from pathlib import Path
+
+    from srlib.checkpoint import model_from_checkpoint
+
+    root = Path(__file__).resolve().parent
+    recorded = torch.load(root / "data" / "shipped_checkpoint_outputs.pt", weights_only=True)
+    model = model_from_checkpoint(root.parent / "data" / "checkpoints" / "csnln_x2.pt", expected_model="csnln")
+    attentions = [m for m in model.modules() if isinstance(m, CrossScaleAttention)]
+    assert attentions and all(m.implementation == "matmul" for m in attentions)
+    for implementation, chunk_size in (("matmul", None), ("matmul", 37), ("conv", None)):
+        for m in attentions:
+            m.implementation, m.chunk_size = implementation, chunk_size
+        with torch.no_grad():
+            out = model(recorded["lr"])  # (2, 3, 28, 34)
+        torch.testing.assert_close(out, recorded["csnln_x2"], atol=1e-6, rtol=0)

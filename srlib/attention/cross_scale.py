@@ -66,8 +66,15 @@ Where the official code and the paper differ, and what this module does:
   of value patches.  ``normalization="constant6"`` divides by 6 as the released
   code does (interior values come out 1.5 times too large, corners 2/3); it is
   there so that a notebook can compare both.  With ``p = 1`` the count is 1.
-* **Batching.**  The official code loops over the images of a batch; here the
-  whole batch is one grouped ``conv2d`` / ``conv_transpose2d``.
+* **Implementation.**  The official code computes eq. 4 with one ``conv2d``
+  (the key patches as kernels: matching) and one ``conv_transpose2d`` (the
+  value patches as kernels: pasting), one image at a time.  Here that
+  formulation is ``implementation="conv"``, the whole batch at once as one
+  grouped ``conv2d`` / ``conv_transpose2d``; it is the one notebook 02
+  explains.  The default, ``implementation="matmul"``, computes the same sums
+  as matrix products over chunks of queries (unfolded query patches times
+  normalised key patches, softmax, weights times value patches, ``F.fold``
+  back with stride ``s``), so that only one chunk of scores exists at a time.
 * **Sizes not divisible by s.**  The official code crashes.  Here the maps are
   padded at the bottom and right to the next multiple of ``s`` (``pad_mode``
   ``"replicate"``, the default, or ``"reflect"``), attended, and the output is
@@ -80,13 +87,20 @@ Where the official code and the paper differ, and what this module does:
 Memory.  The score tensor has one entry per (key, query) pair:
 ``(N, (H/s)(W/s), H, W)``, i.e. it grows with the fourth power of the image
 side (a 256 x 256 feature map at x2 has 16384 x 65536 scores: 4 GiB in
-float32, 8 GiB with the softmax weights).  Every attention function here
-estimates that first (:func:`cross_scale_attention_bytes`) and raises :class:`AttentionMemoryError` (shared with
+float32, 8 GiB with the softmax weights).  The functions that hold it whole
+(eq. 3, supplement eq. 2, eq. 4 with ``implementation="conv"``) estimate it
+first (:func:`cross_scale_attention_bytes`) and raise :class:`AttentionMemoryError` (shared with
 :mod:`srlib.attention.non_local`) before allocating anything when it exceeds
 ``max_attention_bytes`` - by default ``MEMORY_FRACTION`` (half) of the memory
 free on the input's device (``/proc/meminfo`` MemAvailable, or
 ``torch.cuda.mem_get_info``); ``math.inf`` turns the guard off.
 The cure is tiled inference, e.g. ``srlib eval --tile 256``.
+Eq. 4 with the default ``implementation="matmul"`` holds one chunk of queries'
+scores at a time (:data:`CHUNK_QUERIES` queries): the same limit picks the chunk
+(:func:`cross_scale_chunk_size`) instead of refusing the map, and it refuses
+only when not even one query's scores fit.  Under autograd every chunk's
+softmax weights are kept for the backward pass, so training still holds one
+whole weight map (counted by the guard), as does ``return_attention``.
 """
 
 from __future__ import annotations
@@ -118,6 +132,10 @@ from srlib.attention.non_local import attention_matrix_bytes
 from srlib.attention.registry import register_attention
 
 __all__ = [
+    "CHUNK_BYTES",
+    "CHUNK_QUERIES",
+    "IMPLEMENTATIONS",
+    "MIN_CHUNK",
     "NORMALIZATIONS",
     "PAD_MODES",
     "AttentionMemoryError",
@@ -128,7 +146,10 @@ __all__ = [
     "bilinear_downscale",
     "cross_scale_attention",
     "cross_scale_attention_bytes",
+    "cross_scale_chunk_size",
+    "cross_scale_multiply_adds",
     "naive_cross_scale_attention",
+    "naive_cross_scale_multiply_adds",
     "overlap_count",
     "pad_to_multiple",
     "pixel_cross_scale_attention",
@@ -142,6 +163,17 @@ PAD_MODES = ("replicate", "reflect")
 KEY_NORM_EPS = 1e-4
 # The official code divides the overlapped sum by this constant.
 OFFICIAL_OVERLAP_DIVISOR = 6.0
+# The two implementations of eq. 4 (cross_scale_attention): chunked matrix products, or conv2d /
+# conv_transpose2d over the whole map (the official code's formulation).
+IMPLEMENTATIONS = ("matmul", "conv")
+# Matmul path, when no chunk size is given: this many queries per chunk (on one CPU core 512 was
+# fastest at S = 100, 150 and 200: the score block stays in cache, the products stay large) ...
+CHUNK_QUERIES = 512
+# ... fewer when one chunk's score block would exceed these bytes (the softmax weights and value
+# patches come on top, see cross_scale_chunk_size) ...
+CHUNK_BYTES = 64 * 2**20
+# ... but at least this many queries, so that the products stay large.
+MIN_CHUNK = 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,10 +206,13 @@ def _check_triplet(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
 
 def _check_cross_scale_inputs(
     what: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale, softmax_scale,
-    pad_mode: str, max_attention_bytes: float | None,
+    pad_mode: str, max_attention_bytes: float | None, guard_full_map: bool = True,
 ) -> tuple[int, float]:
     """Checks shared by eq. 3 and eq. 4: shapes, ``scale``, ``softmax_scale``, ``pad_mode``, memory.
 
+    With ``guard_full_map`` the whole ``(N, h*w, Hp, Wp)`` score map is guarded
+    (:func:`_guard_memory`); the chunked matrix-product path of eq. 4 guards its
+    chunks itself (:func:`cross_scale_chunk_size`) and passes False.
     Returns the validated ``(scale, softmax_scale)``; raises as the public functions document.
     """
     _check_triplet(query, key, value)
@@ -189,7 +224,8 @@ def _check_cross_scale_inputs(
         raise ValueError(f"value must have the query's size {height}x{width}, got {tuple(value.shape[-2:])}")
     _check_lr_key_size(key, height, width, scale)
     h, w = key.shape[-2:]
-    _guard_memory(f"{what} (scale {scale})", query, h * w, (scale * h, scale * w), max_attention_bytes, scale)
+    if guard_full_map:
+        _guard_memory(f"{what} (scale {scale})", query, h * w, (scale * h, scale * w), max_attention_bytes, scale)
     return scale, softmax_scale
 
 
@@ -321,7 +357,11 @@ def overlap_count(
 def cross_scale_attention_bytes(
     batch: int, height: int, width: int, scale: int, dtype: torch.dtype = torch.float32
 ) -> int:
-    """Peak bytes of the cross-scale attention: scores and softmax weights, ``(N, h*w, Hp, Wp)`` each.
+    """Peak bytes of the whole-map cross-scale paths: scores and softmax weights, ``(N, h*w, Hp, Wp)`` each.
+
+    The whole-map paths are :func:`pixel_cross_scale_attention` and :func:`cross_scale_attention`
+    with ``implementation="conv"``; the default matrix-product path holds one
+    chunk at a time (:func:`cross_scale_chunk_size`).
 
     ``h, w = ceil(H/s), ceil(W/s)`` keys and ``Hp, Wp = s*h, s*w`` (the padded
     query map).  These two tensors dominate memory and grow with ``(HW)^2``; the
@@ -389,6 +429,100 @@ def _guard_memory(
         "raise the limit with max_attention_bytes.",
         holding=f" for its {shape} {dtype_name} scores and softmax weights",
     )
+
+
+def _check_chunk_size(chunk_size) -> int | None:
+    if chunk_size is None:
+        return None
+    return positive_int("chunk_size", chunk_size)
+
+
+def cross_scale_chunk_size(
+    batch: int,
+    height: int,
+    width: int,
+    scale: int,
+    patch_size: int,
+    value_channels: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_attention_bytes: float | None = None,
+    chunk_size: int | None = None,
+    whole_weight_maps: int = 0,
+) -> int:
+    """How many queries one chunk of the matrix-product eq. 4 takes: the most that fit the memory limit.
+
+    One chunk of ``q`` queries holds, for each of the ``N`` images, its scores
+    and softmax weights (``2 q h*w`` numbers) and its weighted value patches
+    with their folded copy (at most ``2 q C (sp)^2``), so
+    ``q * N * (2 h*w + 2 C (sp)^2) * itemsize`` bytes.  On top of that,
+    ``whole_weight_maps`` whole ``(N, h*w, Hp, Wp)`` weight maps may be held
+    (1 when autograd records the call - every chunk's softmax weights are kept
+    for the backward pass - and 1 more with ``return_attention``).
+
+    The chunk is ``chunk_size`` when given, else :data:`CHUNK_QUERIES`, or
+    fewer when their scores would exceed :data:`CHUNK_BYTES` (but at least
+    :data:`MIN_CHUNK`); then it is lowered to what the limit leaves, and it is
+    at most ``Hp*Wp``.
+
+    Args:
+        batch: ``N``.
+        height, width: the query map size ``H, W`` (before padding to a multiple of ``s``).
+        scale: ``s``.
+        patch_size: ``p`` (odd).
+        value_channels: ``C`` of ``psi(X)``.
+        dtype, device: of the scores (those of the query).
+        max_attention_bytes: the limit in bytes (``None``: half of the memory
+            free on ``device``; ``math.inf``: none).
+        chunk_size: an upper bound in queries, or None.
+        whole_weight_maps: how many whole weight maps are held besides the chunk (0, 1 or 2).
+
+    Returns:
+        The chunk, an ``int`` in ``1 .. Hp*Wp``.
+
+    Raises:
+        ValueError: bad sizes or options.
+        AttentionMemoryError: not even one query fits beside the whole weight
+            maps; ``needed_bytes`` is what one query would need.
+    """
+    batch = positive_int("batch", batch)
+    height = positive_int("height", height)
+    width = positive_int("width", width)
+    scale = positive_int("scale", scale)
+    patch_size = _check_patch_size(patch_size)
+    value_channels = positive_int("value_channels", value_channels)
+    chunk_size = _check_chunk_size(chunk_size)
+    whole_weight_maps = positive_int("whole_weight_maps", whole_weight_maps, minimum=0)
+    h, w = math.ceil(height / scale), math.ceil(width / scale)
+    queries = scale * h * scale * w  # Hp * Wp
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_query = batch * (2 * h * w + 2 * value_channels * (scale * patch_size) ** 2) * itemsize
+    fixed = whole_weight_maps * batch * h * w * queries * itemsize
+    if chunk_size is None:
+        chunk_size = min(CHUNK_QUERIES, max(CHUNK_BYTES // (batch * h * w * itemsize), MIN_CHUNK))
+    chunk = min(chunk_size, queries)
+    limit = memory_limit(device, max_attention_bytes)
+    if limit is not None and fixed + chunk * per_query > limit[0]:
+        chunk = min(chunk, int((limit[0] - fixed) // per_query)) if limit[0] > fixed else 0
+        if chunk < 1:
+            kept = ""
+            if whole_weight_maps:
+                kept = (
+                    f" beside {whole_weight_maps} whole ({batch}, {h * w}, {scale * h}, {scale * w}) weight map(s) "
+                    "(kept for the backward pass when autograd records the call, and returned with "
+                    "return_attention)"
+                )
+            dtype_name = str(dtype).replace("torch.", "")
+            guard_memory(
+                fixed + per_query, device, max_attention_bytes,
+                f"cross-scale attention (patch {patch_size}, matmul, scale {scale}) on {batch} feature map(s) "
+                f"of {height}x{width} pixels",
+                "Even a chunk of one query does not fit: use tiled inference (`srlib eval --tile T` with a "
+                "small enough T), a smaller input or batch, torch.no_grad() for inference, or raise the limit "
+                "with max_attention_bytes.",
+                holding=f" for the {dtype_name} scores, weights and value patches of a single query{kept}",
+            )
+    return chunk
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,6 +684,8 @@ def cross_scale_attention(
     *,
     pad_mode: str = "replicate",
     max_attention_bytes: float | None = None,
+    implementation: str = "matmul",
+    chunk_size: int | None = None,
 ):
     """Patch-based cross-scale attention, paper eq. 4 (CSNLN's CS-NL module without its embeddings).
 
@@ -558,19 +694,38 @@ def cross_scale_attention(
     on it (``normalization="overlap"``) or by 6 (``"constant6"``, the official
     code).  ``patch_size=1`` is eq. 3 (:func:`pixel_cross_scale_attention`).
 
-    Steps (as in the official code, but the whole batch at once via ``groups=N``):
+    Both implementations start from the same patches: the ``p x p`` patches of
+    ``Y`` ('same' zero padding), each L2-normalised (norm clamped at 1e-4), and
+    the ``(sp) x (sp)`` patches of ``psi(X)`` at stride ``s`` (zero padding
+    ``s(p-1)/2``), one per key position ``(g, h)``.
 
-    1. key patches: the ``p x p`` patches of ``Y`` ('same' zero padding),
-       each L2-normalised (norm clamped at 1e-4) -> ``N * h*w`` conv kernels;
-    2. scores: ``conv2d`` of the zero-padded query map with those kernels, i.e.
-       the dot product of every query patch ``X^{pxp}[i,j]`` with every key
-       patch -> ``(N, h*w, Hp, Wp)``; times ``softmax_scale``; softmax over keys;
-    3. values: the ``(sp) x (sp)`` patches of ``psi(X)`` at stride ``s``
-       (zero padding ``s(p-1)/2``), one per key position ``(g, h)``;
-    4. aggregation: ``conv_transpose2d(weights, value patches, stride=s,
-       padding=s(p-1)/2)`` pastes, for every query ``(i, j)``, the weighted sum
-       of value patches centred on output block ``(si, sj)`` and adds overlaps;
-    5. divide by :func:`overlap_count` (or 6), crop the padding away.
+    ``implementation="matmul"`` (default) - matrix products over chunks of at
+    most ``chunk_size`` queries (row-major positions of the padded query map;
+    a chunk may start and end inside a row):
+
+    1. unfold the chunk's ``p x p`` query patches -> ``(N, chunk, C'p^2)``;
+    2. scores: ``(chunk, C'p^2) x (C'p^2, h*w)`` product with the normalised
+       key patches, times ``softmax_scale``; softmax over the keys;
+    3. aggregation: ``(chunk, h*w) x (h*w, C (sp)^2)`` product of the weights
+       with the value patches: one weighted ``(sp) x (sp)`` patch per query;
+    4. fold the patches back with stride ``s`` (``F.fold``), adding overlaps,
+       into the output, which holds the sum of all chunks.
+
+    Only one chunk's ``(N, chunk, h*w)`` scores and weights exist at a time,
+    so the memory is bounded by the chunk instead of the whole score map; the
+    chunk is chosen to fit the memory limit (:func:`cross_scale_chunk_size`).
+
+    ``implementation="conv"`` - the convolution formulation of the official
+    code (the one notebook 02 explains), the whole batch at once via ``groups=N``:
+    ``conv2d`` of the zero-padded query map with the key patches as kernels
+    gives every score ``(N, h*w, Hp, Wp)`` at once; softmax over the keys;
+    ``conv_transpose2d(weights, value patches, stride=s, padding=s(p-1)/2)``
+    pastes the weighted value patches centred on every output block
+    ``(si, sj)`` and adds the overlaps.  Holds the whole score map (guarded by
+    :func:`cross_scale_attention_bytes`).
+
+    Both then divide by :func:`overlap_count` (or 6) and crop the padding away;
+    they compute the same function (equal up to rounding, tested in float64).
 
     Args:
         query: ``theta(X)``, ``(N, C', H, W)`` float, any range, any ``H, W >= 1``.
@@ -583,11 +738,21 @@ def cross_scale_attention(
         softmax_scale: temperature (10 in CSNLN).
         normalization: ``"overlap"`` (divide by the true count, default) or
             ``"constant6"`` (divide by 6 as the released code; meant for ``p = 3``).
-        return_attention: also return the attention weights.
+        return_attention: also return the attention weights (the whole map:
+            the matmul path then stores it too).
         pad_mode: ``"replicate"`` or ``"reflect"``; query and value are padded at
             the bottom/right to a multiple of ``s``, the output is cropped back.
-        max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
-            half of the free memory; ``math.inf`` = no check.
+        max_attention_bytes: memory limit in bytes (``None`` = half of the free
+            memory; ``math.inf`` = no check).  ``"conv"``: for the whole score
+            map and weights; ``"matmul"``: for one chunk's scores, weights and
+            value patches, plus the whole weight map when it is kept (autograd,
+            ``return_attention``) - the chunk shrinks to fit.
+        implementation: ``"matmul"`` (chunked matrix products, default) or
+            ``"conv"`` (``conv2d`` / ``conv_transpose2d`` over the whole map).
+        chunk_size: ``"matmul"`` only: at most this many queries per chunk
+            (``None``: :data:`CHUNK_QUERIES`, fewer for very large maps, see
+            :func:`cross_scale_chunk_size`); the memory limit may lower it.  Any
+            value >= 1, it need not divide ``Hp*Wp``.
 
     Returns:
         ``Z`` ``(N, C, s*H, s*W)``; with ``return_attention`` also the weights
@@ -595,29 +760,71 @@ def cross_scale_attention(
 
     Raises:
         ValueError: wrong shapes, dtypes or devices; bad ``scale``, ``patch_size``,
-            ``softmax_scale``, ``normalization`` or ``pad_mode``.
-        AttentionMemoryError: the scores would exceed the memory limit (raised
-            before anything large is allocated).
+            ``softmax_scale``, ``normalization``, ``pad_mode``, ``implementation``
+            or ``chunk_size``.
+        AttentionMemoryError: ``"conv"``: the score map would exceed the memory
+            limit; ``"matmul"``: not even one query's scores fit (with the whole
+            weight map where it is kept).  Raised before anything large is allocated.
 
     Source: Mei et al., CVPR 2020, eq. 4 and Sec. 4.1; aggregation and key
-    normalisation as in the official ``CrossScaleAttention``.
+    normalisation as in the official ``CrossScaleAttention``
+    (SHI-Labs/Cross-Scale-Non-Local-Attention, ``src/model/attention.py``).
     """
     patch_size = _check_patch_size(patch_size)
     _check_choice("normalization", normalization, NORMALIZATIONS)
+    _check_choice("implementation", implementation, IMPLEMENTATIONS)
+    chunk_size = _check_chunk_size(chunk_size)
+    what = f"cross-scale attention (patch {patch_size}, {implementation})"
     scale, softmax_scale = _check_cross_scale_inputs(
-        f"cross-scale attention (patch {patch_size})", query, key, value, scale, softmax_scale, pad_mode,
-        max_attention_bytes,
+        what, query, key, value, scale, softmax_scale, pad_mode, max_attention_bytes,
+        guard_full_map=implementation == "conv",
     )
-    n, c_qk, height, width = query.shape
-    c_v = value.shape[1]
-    h, w = key.shape[-2:]
+    height, width = query.shape[-2:]
     query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
     value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
     padded_h, padded_w = query.shape[-2:]
+    if implementation == "conv":
+        summed, attention = _cross_scale_conv(query, key, value, scale, patch_size, softmax_scale)
+    else:
+        records_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        chunk = cross_scale_chunk_size(
+            query.shape[0], height, width, scale, patch_size, value.shape[1], query.dtype, query.device,
+            max_attention_bytes=max_attention_bytes, chunk_size=chunk_size,
+            whole_weight_maps=int(records_graph) + int(return_attention),
+        )
+        summed, attention = _cross_scale_matmul(
+            query, key, value, scale, patch_size, softmax_scale, chunk, return_attention
+        )  # (N, C, s*Hp, s*Wp), (N, h*w, Hp, Wp) or None
+    # Average the overlaps, crop the padding.
+    if normalization == "overlap":
+        count = overlap_count(padded_h, padded_w, scale, patch_size, dtype=summed.dtype, device=summed.device)
+        out = summed / count  # (N, C, s*Hp, s*Wp)
+    else:
+        out = summed / OFFICIAL_OVERLAP_DIVISOR  # (N, C, s*Hp, s*Wp)
+    out = out[..., : scale * height, : scale * width]  # (N, C, sH, sW)
+    if return_attention:
+        return out, attention[..., :height, :width]  # (N, h*w, H, W)
+    return out
+
+
+def _cross_scale_conv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: int, patch_size: int, softmax_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4 as one ``conv2d`` (matching) and one ``conv_transpose2d`` (pasting), before the overlap division.
+
+    ``query`` ``(N, C', Hp, Wp)`` and ``value`` ``(N, C, Hp, Wp)`` already padded
+    to a multiple of ``s``, ``key`` ``(N, C', h, w)`` with ``Hp, Wp = s*h, s*w``
+    -> the overlapped sum ``(N, C, s*Hp, s*Wp)`` and the weights ``(N, h*w, Hp, Wp)``.
+
+    Source: the official ``CrossScaleAttention.forward`` (one image at a time
+    there; here all images at once through ``groups=N``).
+    """
+    n, c_qk, padded_h, padded_w = query.shape
+    c_v = value.shape[1]
+    h, w = key.shape[-2:]
     radius = (patch_size - 1) // 2  # LR 'same' padding of p x p patches
     value_kernel = scale * patch_size  # sp
     value_padding = scale * radius  # HR 'same' padding of (sp) x (sp) patches at stride s
-
     # 1. Key patches Y^{pxp}_{gh} / ||.||, as N*h*w conv kernels.
     keys = _normalized_key_patches(key, patch_size)  # (N, C'p^2, h*w)
     keys = keys.transpose(1, 2).reshape(n * h * w, c_qk, patch_size, patch_size)  # (N*h*w, C', p, p)
@@ -635,17 +842,131 @@ def cross_scale_attention(
         attention.reshape(1, n * h * w, padded_h, padded_w), values,
         stride=scale, padding=value_padding, groups=n,
     )  # (1, N*C, s*Hp, s*Wp)
-    out = out.reshape(n, c_v, scale * padded_h, scale * padded_w)  # (N, C, s*Hp, s*Wp)
-    # 5. Average the overlaps, crop the padding.
-    if normalization == "overlap":
-        count = overlap_count(padded_h, padded_w, scale, patch_size, dtype=out.dtype, device=out.device)
-        out = out / count  # (N, C, s*Hp, s*Wp)
-    else:
-        out = out / OFFICIAL_OVERLAP_DIVISOR  # (N, C, s*Hp, s*Wp)
-    out = out[..., : scale * height, : scale * width]  # (N, C, sH, sW)
-    if return_attention:
-        return out, attention[..., :height, :width]  # (N, h*w, H, W)
-    return out
+    return out.reshape(n, c_v, scale * padded_h, scale * padded_w), attention  # (N, C, s*Hp, s*Wp)
+
+
+def _row_pieces(start: int, stop: int, width: int):
+    """Split the row-major positions ``start .. stop-1`` of a ``width``-wide grid into rectangles.
+
+    Yields ``(offset, row, column, rows, columns)``: ``rows x columns`` positions
+    whose top-left one is ``(row, column)``, the ``offset``-th of the range.  At
+    most three pieces: the end of a first partial row, whole rows, the start of
+    a last partial row.
+    """
+    offset = 0
+    position = start
+    while position < stop:
+        row, column = divmod(position, width)
+        if column == 0 and stop - position >= width:  # whole rows
+            rows, columns = (stop - position) // width, width
+        else:  # a partial row
+            rows, columns = 1, min(width - column, stop - position)
+        yield offset, row, column, rows, columns
+        offset += rows * columns
+        position += rows * columns
+
+
+def _cross_scale_matmul(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: int, patch_size: int,
+    softmax_scale: float, chunk: int, return_attention: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eq. 4 as matrix products over chunks of ``chunk`` queries, before the overlap division.
+
+    Inputs as :func:`_cross_scale_conv` (padded to a multiple of ``s``) ->
+    the overlapped sum ``(N, C, s*Hp, s*Wp)`` and, with ``return_attention``,
+    the weights ``(N, h*w, Hp, Wp)`` (else None).
+    """
+    n, _, padded_h, padded_w = query.shape
+    c_v = value.shape[1]
+    h, w = key.shape[-2:]
+    radius = (patch_size - 1) // 2  # LR 'same' padding of p x p patches
+    value_kernel = scale * patch_size  # sp
+    queries = F.unfold(query, patch_size, padding=radius)  # (N, C'p^2, Hp*Wp), X^{pxp}_{ij}
+    keys = softmax_scale * _normalized_key_patches(key, patch_size)  # (N, C'p^2, h*w), phi's factor included
+    values = F.unfold(value, value_kernel, stride=scale, padding=scale * radius)  # (N, C(sp)^2, h*w), X^{sp x sp}
+    # Output with a margin of s(p-1)/2 pixels on every side, so that every pasted patch fits whole.
+    margin = scale * radius
+    summed = value.new_zeros(n, c_v, scale * padded_h + 2 * margin, scale * padded_w + 2 * margin)
+    attention = value.new_empty(n, h * w, padded_h * padded_w) if return_attention else None  # (N, h*w, Hp*Wp)
+    for start in range(0, padded_h * padded_w, chunk):
+        stop = min(start + chunk, padded_h * padded_w)
+        scores = torch.bmm(queries[:, :, start:stop].transpose(1, 2), keys)  # (N, chunk, h*w), phi(X^{pxp}, Y^{pxp})
+        weights = scores.softmax(dim=-1)  # (N, chunk, h*w), eq. 4 softmax over (g, h)
+        del scores
+        if attention is not None:
+            attention[:, :, start:stop] = weights.transpose(1, 2)  # (N, h*w, chunk)
+        patches = torch.bmm(values, weights.transpose(1, 2))  # (N, C(sp)^2, chunk), eq. 4 sum over (g, h)
+        del weights
+        for offset, row, column, rows, columns in _row_pieces(start, stop, padded_w):
+            pasted = F.fold(
+                patches[:, :, offset : offset + rows * columns],
+                output_size=(scale * (rows + patch_size - 1), scale * (columns + patch_size - 1)),
+                kernel_size=value_kernel, stride=scale,
+            )  # (N, C, s(rows + p - 1), s(columns + p - 1)): the patches pasted and overlaps added
+            summed[
+                :, :, scale * row : scale * (row + rows + patch_size - 1),
+                scale * column : scale * (column + columns + patch_size - 1),
+            ] += pasted  # query (i, j)'s patch starts at output row s*i - s(p-1)/2, i.e. s*i in the margin frame
+    summed = summed[:, :, margin : margin + scale * padded_h, margin : margin + scale * padded_w]  # (N, C, sHp, sWp)
+    if attention is not None:
+        attention = attention.reshape(n, h * w, padded_h, padded_w)  # (N, h*w, Hp, Wp)
+    return summed, attention
+
+
+# ----------------------------------------------------------------------------------------------
+# Arithmetic (the ``multiply_adds=`` declarations of the registered modules)
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_scale_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`CrossScaleAttention` forward pass on an ``(N, C, H, W)`` map.
+
+    With ``C' = C // reduction``, ``h, w = ceil(H/s), ceil(W/s)`` and the map
+    padded to ``Hp, Wp = s h, s w`` (the queries eq. 4 runs over before the
+    output is cropped back):
+
+    * embeddings, three 1x1 convolutions: ``theta`` ``N H W C C'``, ``delta``
+      on the downscaled map ``N h w C C'``, ``psi`` ``N H W C^2``;
+    * scores, every ``p x p`` query patch against every normalised key patch:
+      ``N Hp Wp hw C' p^2`` (eq. 4, ``phi``);
+    * pasting, every query's ``(sp) x (sp)`` output patch as the weighted sum
+      of the ``hw`` value patches: ``N Hp Wp hw C (sp)^2`` (eq. 4, the sum).
+
+    The same for both implementations (they compute the same products).  The
+    bilinear downscale, the key norms, the softmax, the overlap additions and
+    the division are not counted.  ``patch_size=1`` gives eq. 3.
+
+    Source: Mei et al., CVPR 2020, eq. 3-4; layer sizes from Sec. 4.1 and the official code.
+    """
+    n, c, height, width = shape
+    scale, patch = options["scale"], options.get("patch_size", 1)
+    c_qk = c // options["reduction"]
+    h, w = math.ceil(height / scale), math.ceil(width / scale)
+    queries = (scale * h) * (scale * w)  # Hp Wp
+    embeddings = n * (height * width * (c * c_qk + c * c) + h * w * c * c_qk)  # theta, psi on X; delta on Y
+    scores = n * queries * h * w * c_qk * patch**2  # phi(X^{pxp}, Y^{pxp})
+    pasting = n * queries * h * w * c * (scale * patch) ** 2  # sum over (g, h) of weights x psi(X^{sp x sp})
+    return embeddings + scores + pasting
+
+
+def naive_cross_scale_multiply_adds(shape: tuple[int, int, int, int], options: dict) -> int:
+    """Multiply-adds of one :class:`NaiveCrossScaleAttention` forward pass on an ``(N, C, H, W)`` map.
+
+    With ``C' = C // reduction`` and ``h, w = ceil(H/s), ceil(W/s)``: the
+    embeddings ``theta`` on ``X`` (``N H W C C'``), ``delta`` and ``psi`` on the
+    downscaled ``Y`` (``N h w (C C' + C^2)``); then every query pixel against
+    every key pixel, ``N H W hw C'`` for the scores and ``N H W hw C`` for the
+    weighted values (supplement eq. 2).  The downscale and the softmax are not
+    counted.
+
+    Source: Mei et al., CVPR 2020, supplementary eq. 2.
+    """
+    n, c, height, width = shape
+    scale = options["scale"]
+    c_qk = c // options["reduction"]
+    keys = math.ceil(height / scale) * math.ceil(width / scale)  # h w
+    embeddings = n * (height * width * c * c_qk + keys * (c * c_qk + c * c))
+    return embeddings + n * height * width * keys * (c_qk + c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -723,7 +1044,12 @@ class _CrossScaleEmbeddings(nn.Module):
 
 @register_attention(
     "cross_scale", kind="cross_scale", loops="srlib.attention.loops:cross_scale_loops", guarded=True,
-    bench={"cross_scale": {"scale": 2, "patch_size": 3}},
+    bench={
+        "cross_scale": {"scale": 2, "patch_size": 3},
+        "cross_scale_conv": {"scale": 2, "patch_size": 3, "implementation": "conv"},
+    },
+    test_options=[{"chunk_size": 7}],  # several chunks on the contract's small maps, starting inside rows
+    multiply_adds=cross_scale_multiply_adds,
 )
 class CrossScaleAttention(_CrossScaleEmbeddings):
     """CSNLN's cross-scale non-local attention module: ``(N, C, H, W)`` -> ``(N, C, sH, sW)``.
@@ -750,8 +1076,16 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         activation: ``"prelu"`` (CSNLN) or ``"none"`` after each 1x1 conv.
         pad_mode: ``"replicate"`` or ``"reflect"`` padding to a multiple of ``s``
             when ``H`` or ``W`` is not one; the output is cropped back.
-        max_attention_bytes: limit in bytes for scores plus weights; ``None`` =
-            half of the free memory at every call (see the module docstring).
+        max_attention_bytes: memory limit in bytes (``None`` = half of the free
+            memory at every call, see the module docstring): for the whole score
+            map with ``"conv"``, for one chunk with ``"matmul"``.
+        implementation: ``"matmul"`` (default: chunked matrix products, memory
+            bounded by one chunk) or ``"conv"`` (``conv2d`` / ``conv_transpose2d``
+            over the whole map, as the official code); the same function, see
+            :func:`cross_scale_attention`.  Not part of the checkpoint: change
+            it at any time through the attribute of the same name.
+        chunk_size: ``"matmul"`` only: at most this many queries per chunk
+            (``None``: chosen by :func:`cross_scale_chunk_size` from the map and the memory limit).
 
     Layers (checkpoint keys): ``query_embed``, ``key_embed``, ``value_embed``,
     each ``Sequential(1x1 conv[, PReLU])``.
@@ -764,7 +1098,8 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
     Raises:
         ValueError: bad options (construction), or ``x`` not ``(N, C, H, W)``
             with ``C = channels`` and the module's dtype and device (forward).
-        AttentionMemoryError: the scores would exceed the memory limit.
+        AttentionMemoryError: ``"conv"``: the score map would exceed the memory
+            limit; ``"matmul"``: not even a chunk of one query fits.
 
     Source: Mei et al., CVPR 2020, Fig. 2, eq. 4 and Sec. 4.1.
     """
@@ -780,16 +1115,31 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         activation: str = "prelu",
         pad_mode: str = "replicate",
         max_attention_bytes: float | None = None,
+        implementation: str = "matmul",
+        chunk_size: int | None = None,
     ):
         super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
         self.patch_size = _check_patch_size(patch_size)
         self.normalization = choice("normalization", normalization, NORMALIZATIONS)
+        self.implementation = choice("implementation", implementation, IMPLEMENTATIONS)
+        self.chunk_size = _check_chunk_size(chunk_size)
+
+    @property
+    def memory_guarded(self) -> bool:
+        """Whether a large map is refused: ``"conv"`` holds the whole score map; ``"matmul"`` fits its chunk instead.
+
+        The matrix-product path refuses only when not even one query's scores fit
+        (:func:`cross_scale_chunk_size`), so under the default limit it runs any
+        map that the memory of its inputs and output allows.
+        """
+        return self.implementation == "conv"
 
     def forward(self, x: torch.Tensor, return_details: bool = False):
         query, key, value = self._embed_hr_values(x)  # (N, C', H, W), (N, C', h, w), (N, C, H, W)
         result = cross_scale_attention(
             query, key, value, self.scale, self.patch_size, self.softmax_scale, self.normalization,
             return_details, pad_mode=self.pad_mode, max_attention_bytes=self.max_attention_bytes,
+            implementation=self.implementation, chunk_size=self.chunk_size,
         )
         if return_details:
             out, weights = result  # (N, C, sH, sW), (N, h*w, H, W)
@@ -797,12 +1147,16 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         return result  # (N, C, sH, sW)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, patch_size={self.patch_size}, normalization={self.normalization!r}"
+        return (
+            f"{super().extra_repr()}, patch_size={self.patch_size}, normalization={self.normalization!r}, "
+            f"implementation={self.implementation!r}"
+        )
 
 
 @register_attention(
     "cross_scale_pixel", kind="cross_scale", loops="srlib.attention.loops:pixel_cross_scale_loops", guarded=True,
     bench={"cross_scale_pixel": {"scale": 2}},
+    multiply_adds=cross_scale_multiply_adds,  # patch_size 1: eq. 3
 )
 class PixelCrossScaleAttention(_CrossScaleEmbeddings):
     """Pixel-to-patch cross-scale attention (paper eq. 3): one LR similarity weights one ``s x s`` HR block.
@@ -841,6 +1195,7 @@ class PixelCrossScaleAttention(_CrossScaleEmbeddings):
 @register_attention(
     "cross_scale_naive", kind="in_scale", loops="srlib.attention.loops:naive_cross_scale_loops", guarded=True,
     bench={"cross_scale_naive": {"scale": 2}},
+    multiply_adds=naive_cross_scale_multiply_adds,
 )
 class NaiveCrossScaleAttention(_CrossScaleEmbeddings):
     """Naive cross-scale attention (supplement eq. 2): keys *and values* from the downscaled map.
