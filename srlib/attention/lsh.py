@@ -297,11 +297,28 @@ def spherical_hash(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     # (N, L, b) tensor: the best "+" direction is the largest projection, the best "-" direction
     # the smallest one; ties go to the "+" half, as the first maximum of the concatenation would.
     def codes_of(projections: torch.Tensor) -> torch.Tensor:  # (N, g, L, b/2) -> (N, g, L)
-        best_plus, plus_index = projections.max(dim=-1)
-        best_minus, minus_index = projections.min(dim=-1)
-        return torch.where(best_plus >= -best_minus, plus_index, minus_index + projections.shape[-1])
+        best_plus = projections.amax(dim=-1)  # (N, g, L)
+        best_minus = projections.amin(dim=-1)  # (N, g, L)
+        plus = best_plus >= -best_minus  # (N, g, L), the "+" half wins
+        index = _first_index_of(projections, torch.where(plus, best_plus, best_minus))  # (N, g, L)
+        return torch.where(plus, index, index + projections.shape[-1])
 
     return _codes_by_round_groups(x, rotations, "rotations", "(D, n_rounds, n_buckets // 2)", codes_of)
+
+
+def _first_index_of(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Index of the first entry of each row of ``values`` ``(..., P)`` equal to ``target`` ``(...,)``, int64.
+
+    With ``target`` the row's maximum (or minimum) this is ``argmax`` (``argmin``) with ties going to
+    the first index, as ``torch.max`` documents, computed from two vectorised passes (compare, then the
+    smallest matching index) instead of a reduction that carries indices, several times slower on CPU.
+    A row without a match (a NaN) gives ``P - 1``, so codes stay in range.
+    """
+    width = values.shape[-1]
+    dtype = torch.int16 if 2 * width < 2**15 else torch.int64
+    slots = torch.arange(width, device=values.device, dtype=dtype)  # (P,)
+    first = torch.add(slots, values != target.unsqueeze(-1), alpha=width).amin(dim=-1)  # (...,), P + i if no match
+    return first.clamp_(max=width - 1).long()
 
 
 def _codes_by_round_groups(x: torch.Tensor, projections: torch.Tensor, name: str, layout: str, codes_of) -> torch.Tensor:
@@ -536,7 +553,7 @@ def superbit_hash(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
         ValueError: ``x`` not 3-D or not floating, ``projections`` not 3-D, or their ``D`` differ.
     """
     return _codes_by_round_groups(
-        x, projections, "projections", "(D, n_rounds, n_buckets)", lambda p: p.argmax(dim=-1)
+        x, projections, "projections", "(D, n_rounds, n_buckets)", lambda p: _first_index_of(p, p.amax(dim=-1))
     )  # (N, R, L), first maximum wins ties
 
 

@@ -118,10 +118,15 @@ LEARNED_FORMS = ("none", "paper", "official")
 ROUND_WEIGHTINGS = ("logsumexp", "score_sum")
 # Lower bound of a key's L2 norm before dividing by it (``eps`` of ``F.normalize`` in the NLSN code).
 KEY_NORM_EPS = 5e-5
-# Score entries (queries x keys, over the whole batch) computed at once: 2**20 is 4 MiB in float32.
-# The chunks of a round are attended in blocks of about this size (at least one chunk per block),
+# Score entries (queries x keys) computed at once: 2**20 is 4 MiB in float32. The chunks of one image and round
+# are attended in blocks of about this size (at least one chunk, at most all of them, per block),
 # so no tensor of all the scores of a round exists.
 _BLOCK_SCORE_ENTRIES = 2**20
+_LOG2_E = 1.0 / math.log(2.0)  # log2(e): exp(s) = 2^(s log2(e))
+_LN_2 = math.log(2.0)
+# Largest query norm ||log2(e) q|| for which the softmax needs no shift: with unit keys every base-2 score lies in
+# [-bound, bound], so 2^s' neither overflows nor leaves the normal range (float32: 2^-126 .. 2^128).
+_UNSHIFTED_BOUND = {torch.float32: 64.0, torch.float64: 512.0}
 
 
 @dataclass
@@ -165,100 +170,427 @@ def _check_maps(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
             )
 
 
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """Where the chunks of one round and their key windows are, as row numbers of the ``(N L, C)`` inputs.
+
+    The sorted sequence of image ``n`` is cut into ``n_chunks`` chunks of ``m``
+    slots (the last one padded by repeating its last row); chunk ``c`` attends
+    to the ``K`` chunks ``c - own .. c - own + K - 1`` (cyclic; the distinct
+    offsets of :func:`~srlib.attention.lsh.neighbour_chunk_offsets` always form
+    such a run).  ``extended`` lists the rows of the chunks ``-own .. n_chunks
+    - 1 - own + K - 1`` in that order, so the keys of chunks ``c .. c + B - 1``
+    are the ``(B + K - 1) m`` consecutive rows from chunk ``c`` of it, chunk
+    ``c + i``'s window is ``K m`` consecutive rows from its ``i``-th chunk
+    (``B`` overlapping windows, one strided view, no copy per window), and the
+    queries are the ``B m`` rows from its ``own``-th chunk.
+
+    Attributes:
+        extended: ``(N, (n_chunks + K - 1) m)`` int64 rows of the extended chunk sequences.
+        chunk_size: ``m``.
+        n_chunks: chunks per image.
+        n_offsets: ``K``, distinct chunks per window.
+        own: the part of a window (in memory order) that is the chunk itself.
+        block: chunks attended at once (about ``_BLOCK_SCORE_ENTRIES`` scores).
+        padded: ``(chunk, part)`` pairs: window part ``part`` (of ``K``) of
+            that chunk is the padded last chunk; its slots from ``real_tail`` on are padding.
+        real_tail: real slots of the last chunk, ``L - (n_chunks - 1) m``.
+    """
+
+    extended: torch.Tensor
+    chunk_size: int
+    n_chunks: int
+    n_offsets: int
+    own: int
+    block: int
+    padded: tuple[tuple[int, int], ...]
+    real_tail: int
+
+    @property
+    def slots(self) -> int:
+        """Sorted slots of all images, padding included: ``N n_chunks m``."""
+        return self.extended.shape[0] * self.n_chunks * self.chunk_size
+
+
+def _window_order(n_chunks: int, chunks_before: int, chunks_after: int) -> tuple[int, list[int]]:
+    """``(own, window_slots)``: the part of a chunk's window (memory order, previous chunks first) that is the
+    chunk itself, and for each of its ``K`` parts in memory order the index of that offset in
+    :func:`~srlib.attention.lsh.neighbour_chunk_offsets` (own chunk first, then previous, then next)."""
+    offsets = neighbour_chunk_offsets(n_chunks, chunks_before, chunks_after)  # K distinct offsets, own chunk first
+    lo = min(offsets)
+    if sorted(offsets) != list(range(lo, lo + len(offsets))):  # holds by construction; the strided windows need it
+        raise RuntimeError(f"neighbour chunk offsets {offsets} are not a run of consecutive chunks")
+    return -lo, [offsets.index(offset) for offset in range(lo, lo + len(offsets))]
+
+
+def _chunk_plan(order: torch.Tensor, chunk_size: int, chunks_before: int, chunks_after: int) -> _ChunkPlan:
+    """The :class:`_ChunkPlan` of one round, from its ``(N, L)`` sort order."""
+    n, length = order.shape
+    device = order.device
+    n_chunks = math.ceil(length / chunk_size)
+    own, parts = _window_order(n_chunks, chunks_before, chunks_after)
+    n_offsets = len(parts)
+    # Row of every sorted slot; the padded slots at the end repeat the last row (masked as keys, dropped as queries).
+    rows = order + torch.arange(n, device=device)[:, None] * length  # (N, L)
+    rows = torch.cat([rows, rows[:, -1:].expand(n, n_chunks * chunk_size - length)], dim=1)  # (N, nc m)
+    chunks = (torch.arange(n_chunks + n_offsets - 1, device=device) - own) % n_chunks  # (nc + K - 1,) chunk ids
+    slots = (chunks[:, None] * chunk_size + torch.arange(chunk_size, device=device)).flatten()  # ((nc + K - 1) m,)
+    extended = rows.index_select(1, slots)  # (N, (nc + K - 1) m)
+    real_tail = length - (n_chunks - 1) * chunk_size
+    padded = ()
+    if real_tail < chunk_size:  # chunk c's part j is chunk (c - own + j) % nc: the padded one when that is nc - 1
+        padded = tuple(sorted(((n_chunks - 1 + own - j) % n_chunks, j) for j in range(n_offsets)))
+    block = min(n_chunks, max(1, _BLOCK_SCORE_ENTRIES // (chunk_size * n_offsets * chunk_size)))
+    return _ChunkPlan(extended, chunk_size, n_chunks, n_offsets, own, block, padded, real_tail)
+
+
+def _windows(rows: torch.Tensor, n_windows: int, window: int, chunk_size: int, column: int, width: int):
+    """``(n_windows, K m, width)`` overlapping windows (a view) of columns ``column ..`` of ``rows``.
+
+    ``rows``: ``((n_windows + K - 1) m, W)`` with unit column stride; window ``i``
+    is rows ``i m .. i m + K m - 1``.  A row appears in up to ``K`` windows, so
+    the view may only be read (batched matrix products read it without a copy).
+    """
+    row_stride = rows.stride(0)
+    return rows.as_strided(
+        (n_windows, window, width), (chunk_size * row_stride, row_stride, 1), rows.storage_offset() + column
+    )
+
+
+def _fold_windows(window_grads: torch.Tensor, into: torch.Tensor, n_offsets: int) -> None:
+    """Adjoint of :func:`_windows`: add ``(B, K m, C)`` window gradients into ``((B + K - 1) m, C)`` rows ``into``."""
+    size, window, channels = window_grads.shape
+    chunk_size = window // n_offsets
+    parts = window_grads.view(size, n_offsets, chunk_size, channels)  # (B, K, m, C)
+    into = into.view(size + n_offsets - 1, chunk_size, channels)  # (B + K - 1, m, C)
+    for j in range(n_offsets):
+        into[j : j + size] += parts[:, j]
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How a row of the table of :func:`_row_table` is laid out and scored.
+
+    Columns ``[log2(e) q | k_hat | v | log2(e) s_l]`` (``C_e``, ``C_e``, ``C_v``,
+    ``P``).  ``bounded``: the base-2 scores are known to lie in ``[-64, 64]``
+    (float32; see :func:`_bounded_scores`), so the softmax needs no shift.
+    """
+
+    c_e: int
+    c_v: int
+    learned_form: str = "none"
+    fixed_scores: bool = True
+    score_sums: bool = False
+    bounded: bool = False
+
+    @property
+    def learned_column(self) -> int:
+        """First column of ``s_l``."""
+        return 2 * self.c_e + self.c_v
+
+
+def _bounded_scores(table: torch.Tensor, c_e: int, learned_form: str) -> bool:
+    """Whether every base-2 score ``log2(e) q . k_hat`` of ``table`` lies within :data:`_UNSHIFTED_BOUND`.
+
+    Keys are unit vectors, so ``|s'| <= ||log2(e) q||``; with no learned term
+    and the largest query norm within the bound, ``2^s'`` is a normal number
+    for every score and the softmax can skip the row maximum (a pass over the
+    scores).  One reduction over the queries and one synchronisation per call.
+    """
+    limit = _UNSHIFTED_BOUND.get(table.dtype)
+    if learned_form != "none" or limit is None or table.shape[0] == 0:
+        return False
+    with torch.no_grad():
+        largest = torch.linalg.vector_norm(table[:, :c_e], dim=1).amax()  # max ||q'||
+    return bool(largest <= limit)
+
+
+def _buffer(scratch: dict | None, name: str, like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """An uninitialised ``shape`` tensor of ``like``'s dtype and device; from ``scratch`` when it is a dict.
+
+    A named buffer in ``scratch`` is reused by every later request of the same
+    name (grown when too small), so the rounds and blocks of one call do not
+    allocate - and fault in - fresh memory each time.  Only for tensors that
+    autograd does not keep.
+    """
+    size = math.prod(shape)
+    if scratch is None:
+        return like.new_empty(shape)
+    buffer = scratch.get(name)
+    if buffer is None or buffer.numel() < size:
+        buffer = scratch[name] = like.new_empty(size)
+    return buffer[:size].view(shape)
+
+
+def _row_table(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, learned: torch.Tensor | None) -> torch.Tensor:
+    """The ``(N L, W)`` table of rows ``[log2(e) q | k_hat | v | log2(e) s_l]`` that :class:`_Blocks` gathers from.
+
+    ``q``, ``k``: ``(N, L, C_e)`` queries and unit keys, ``v``: ``(N, L, C_v)``,
+    ``learned``: ``(N L, P)`` or None; ``W = 2 C_e + C_v (+ P)``.  Scores are
+    then in base 2, ``s' = log2(e) s``, so that the softmax takes ``2^(s' -
+    shift)`` (``exp2``, several times faster than ``exp`` on CPU) for ``exp(s -
+    shift / log2(e))``; rounding ``log2(e) q`` costs about what the products
+    themselves do.  Differentiable.
+    """
+    n, length = q.shape[:2]
+    # Joined along the channels of the (N, C, L) maps (contiguous there), then one transposing copy to rows.
+    channels = torch.cat([(q * _LOG2_E).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)], dim=1)  # (N, W, L)
+    table = channels.transpose(1, 2).contiguous().view(n * length, -1)  # (N L, 2 C_e + C_v), row-contiguous
+    if learned is not None:
+        table = torch.cat([table, learned * _LOG2_E], dim=1)  # (N L, W)
+    return table
+
+
+class _Blocks:
+    """One round's chunks, a block at a time, all views of one gather of the table's rows.
+
+    The rows of :func:`_row_table` are gathered once per round in the order of
+    the extended chunk sequences (:class:`_ChunkPlan`), ``(N (nc + K - 1) m, W)``;
+    a block's queries, key / value windows and learned scores are then views
+    of ``(B + K - 1) m`` consecutive rows of it.
+    """
+
+    def __init__(self, table: torch.Tensor, scoring: _Scoring, plan: _ChunkPlan, scratch: dict | None = None):
+        self.table, self.scoring, self.plan = table, scoring, plan  # table: (N L, W)
+        m = plan.chunk_size
+        self.window = plan.n_offsets * m  # K m keys per query
+        extended = plan.extended.flatten()  # (N (nc + K - 1) m,)
+        self.sorted = torch.index_select(  # (N (nc + K - 1) m, W), the round's rows in chunk order
+            table, 0, extended, out=_buffer(scratch, "sorted_rows", table, extended.shape[0], table.shape[1]))
+        self.scores = _buffer(scratch, "scores", table, plan.block, m, self.window)  # (B, m, K m), every block's
+
+    def blocks(self):
+        """Yield ``(first, last, key_rows, slots)`` per block: chunks ``first .. last - 1`` of one image, the
+        range of :attr:`sorted` rows their windows cover and the block's range of sorted slots (of
+        :attr:`_ChunkPlan.slots`)."""
+        plan, m = self.plan, self.plan.chunk_size
+        per_image = plan.extended.shape[1]  # (nc + K - 1) m rows
+        for image in range(plan.extended.shape[0]):
+            for first in range(0, plan.n_chunks, plan.block):
+                last = min(first + plan.block, plan.n_chunks)
+                start = image * per_image + first * m
+                key_rows = slice(start, start + (last - first + plan.n_offsets - 1) * m)  # (B + K - 1) m rows
+                start = (image * plan.n_chunks + first) * m
+                yield first, last, key_rows, slice(start, start + (last - first) * m)
+
+    def gather(self, first: int, last: int, key_rows: slice):
+        """The block's rows ``((B + K - 1) m, W)``, queries ``(B, m, C_e)`` (base 2) and key / value windows
+        ``(B, K m, C_e)``, ``(B, K m, C_v)``: all views of :attr:`sorted`."""
+        m, size, c_e = self.plan.chunk_size, last - first, self.scoring.c_e
+        rows = self.sorted[key_rows]  # ((B + K - 1) m, W)
+        own = self.plan.own * m
+        q = rows[own : own + size * m, :c_e].view(size, m, c_e)  # (B, m, C_e), log2(e) q
+        k = _windows(rows, size, self.window, m, c_e, c_e)  # (B, K m, C_e)
+        v = _windows(rows, size, self.window, m, 2 * c_e, self.scoring.c_v)  # (B, K m, C_v)
+        return rows, q, k, v
+
+    def scores_of(self, first: int, last: int, rows, q, k, fill_padding: float | None) -> torch.Tensor:
+        """The block's ``(B, m, K m)`` base-2 scores ``log2(e) (q . k_hat [+ s_l])`` (in the reused buffer);
+        padded keys set to ``fill_padding`` unless it is None."""
+        scoring, m, size = self.scoring, self.plan.chunk_size, last - first
+        scores = self.scores[:size]  # (B, m, K m)
+        if scoring.fixed_scores:
+            torch.bmm(q, k.transpose(1, 2), out=scores)  # s_f = q . k_hat
+        if scoring.learned_form != "none":
+            column = scoring.learned_column
+            if scoring.learned_form == "paper":  # the query's row: one score per key slot of its window
+                own = self.plan.own * m
+                learned = rows[own : own + size * m, column : column + self.window].view(size, m, self.window)
+            else:  # "official": the key's row, read at the query's slot in its chunk
+                learned = _windows(rows, size, self.window, m, column, m).transpose(1, 2)  # (B, m, K m)
+            if scoring.fixed_scores:
+                scores.add_(learned)  # s = s_f + s_l
+            else:
+                scores.copy_(learned)  # s = s_l alone
+        if fill_padding is not None:
+            self.fill_padding(scores, first, last, fill_padding)
+        return scores
+
+    def fill_padding(self, scores: torch.Tensor, first: int, last: int, value: float) -> None:
+        """Set the padded key slots of the block's ``(B, m, K m)`` scores to ``value``."""
+        plan, m = self.plan, self.plan.chunk_size
+        for chunk, part in plan.padded:
+            if first <= chunk < last:
+                scores[chunk - first, :, part * m + plan.real_tail : (part + 1) * m] = value
+
+
+def _window_attention(table: torch.Tensor, scoring: _Scoring, plan: _ChunkPlan, scratch: dict | None = None,
+                      reuse_outputs: bool = False):
+    """Attention of every chunk over its window, block by block, in sorted-slot order (no autograd).
+
+    The softmax of a row is taken as ``2^(s' - shift) / sum 2^(s' - shift)``
+    with ``lse' = shift + log2 sum 2^(s' - shift)``; the shift only has to keep
+    ``2^(s' - shift)`` from overflowing and from underflowing at the best key.
+    The row maximum is the usual choice and costs a pass over the scores; when
+    the scores are ``bounded`` (:func:`_bounded_scores`) no shift is needed.
+
+    ``table``: :func:`_row_table`, laid out as ``scoring`` says; ``scratch``: a
+    dict of reusable buffers (:func:`_buffer`) for the block temporaries and, with
+    ``reuse_outputs``, the results.  Returns ``(out, lse, score_sum)``: ``(S, C_v)``,
+    ``(S,)`` and ``(S,)`` (or None) with ``S = N nc m`` sorted slots, slot ``s`` of
+    image ``n`` at row ``n nc m + s`` (padded query slots included).
+    """
+    blocks = _Blocks(table, scoring, plan, scratch)
+    m = plan.chunk_size
+    results = scratch if reuse_outputs else None
+    out = _buffer(results, "sorted_out", table, plan.slots, scoring.c_v)  # (S, C_v)
+    lse = _buffer(results, "sorted_lse", table, plan.slots)  # (S,), base 2 until the end
+    score_sum = _buffer(results, "sorted_sum", table, plan.slots) if scoring.score_sums else None  # (S,), base 2
+    for first, last, key_rows, slots in blocks.blocks():
+        size = last - first
+        rows, q, k, v = blocks.gather(first, last, key_rows)
+        fill = 0.0 if scoring.score_sums else float("-inf")
+        scores = blocks.scores_of(first, last, rows, q, k, fill)  # (B, m, K m), s'
+        if scoring.score_sums:  # S = sum_j s(q, k_j) over the real keys of the window (DLSN eq. 18)
+            torch.sum(scores, dim=-1, out=score_sum[slots].view(size, m))
+            blocks.fill_padding(scores, first, last, float("-inf"))
+        block_lse = lse[slots].view(size, m, 1)  # (B, m, 1)
+        if scoring.bounded:  # w = 2^s', lse' = log2 sum w
+            weights = scores.exp2_()  # (B, m, K m); padded keys: 2^-inf = 0
+            total = weights.sum(dim=-1, keepdim=True)  # (B, m, 1)
+            torch.log2(total, out=block_lse)
+        else:  # w = 2^(s' - max s') = exp(s - max s), lse' = max s' + log2 sum w
+            top = scores.amax(dim=-1, keepdim=True)  # (B, m, 1)
+            weights = scores.sub_(top).exp2_()  # (B, m, K m)
+            total = weights.sum(dim=-1, keepdim=True)  # (B, m, 1)
+            torch.add(top, total.log2(), out=block_lse)
+        torch.bmm(weights, v, out=out[slots].view(size, m, -1)).div_(total)  # (B, m, C_v), (w v) / sum w
+    lse.mul_(_LN_2)  # lse = ln 2 lse'
+    if scoring.score_sums:
+        score_sum.mul_(_LN_2)
+    return out, lse, score_sum
+
+
+class _WindowAttentionFunction(torch.autograd.Function):
+    """:func:`_window_attention` with a backward pass that recomputes each block's weights.
+
+    Nothing of the size of the scores is kept between the passes: the
+    backward pass re-gathers each block, recomputes ``p = exp(s - lse)`` from
+    the saved log-normalisers and forms the gradients block by block (as
+    memory-efficient attention does), adding them into the gradient of the
+    table's rows.  With ``g`` the gradient of a query's output, ``g_lse`` /
+    ``g_S`` those of its log-normaliser and score sum, and ``D = g . out``:
+    ``dL/ds = p (g v^T - D + g_lse) + g_S`` (over real keys), ``dL/dv = p^T g``,
+    ``dL/dq = (dL/ds) k_hat``, ``dL/dk_hat = (dL/ds)^T q``, ``dL/ds_l = dL/ds``;
+    the table's base-2 columns get ``ln 2`` times theirs.  Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, table, scoring, plan, needs, scratch):
+        out, lse, score_sum = _window_attention(table, scoring, plan, scratch)
+        ctx.save_for_backward(table, out, lse)
+        ctx.setup = (scoring, plan, needs)
+        if score_sum is None:
+            return out, lse
+        return out, lse, score_sum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_lse, grad_score_sum=None):
+        table, out, lse = ctx.saved_tensors
+        scoring, plan, (need_qk, need_v, need_learned) = ctx.setup
+        blocks = _Blocks(table, scoring, plan)
+        c_e, c_v, column = scoring.c_e, scoring.c_v, scoring.learned_column
+        m, n_offsets = plan.chunk_size, plan.n_offsets
+        need_qk = need_qk and scoring.fixed_scores
+        grad_table = torch.zeros_like(table)  # (N L, W), gradients of [log2(e) q | k_hat | v | log2(e) s_l]
+        grad_sorted = torch.zeros_like(blocks.sorted)  # gradients of the round's gathered rows
+        # In base 2: dL/ds' = ln 2 dL/ds = p (g' v^T - D' + g_lse') + g_S' with g' = ln 2 g, D' = ln 2 D, ...
+        grad_out_bits = grad_out * _LN_2  # (S, C_v)
+        shift_bits = ((grad_out * out).sum(dim=-1) - grad_lse).mul_(_LN_2)  # (S,), D' - g_lse'
+        grad_sum_bits = grad_score_sum * _LN_2 if scoring.score_sums else None  # (S,)
+        lse_bits = lse * _LOG2_E  # (S,), base 2 like the scores
+        own = plan.own * m
+        for first, last, key_rows, slots in blocks.blocks():
+            size = last - first
+            rows, q, k, v = blocks.gather(first, last, key_rows)
+            scores = blocks.scores_of(first, last, rows, q, k, float("-inf"))  # s'
+            p = scores.sub_(lse_bits[slots].view(size, m, 1)).exp2_()  # (B, m, K m), the forward's weights
+            grads = grad_sorted[key_rows]  # ((B + K - 1) m, W); blocks of one image share K - 1 chunks
+            if need_v:  # dL/dv = p^T g
+                g = grad_out[slots].view(size, m, c_v)  # (B, m, C_v)
+                _fold_windows(torch.bmm(p.transpose(1, 2), g), grads[:, 2 * c_e : 2 * c_e + c_v], n_offsets)
+            if need_qk or need_learned:
+                grad_s = torch.bmm(grad_out_bits[slots].view(size, m, c_v), v.transpose(1, 2))  # (B, m, K m)
+                grad_s.sub_(shift_bits[slots].view(size, m, 1)).mul_(p)  # dL/ds' = p (g' v^T - D' + g_lse')
+                if scoring.score_sums:  # d S / d s_j = 1 for every real key
+                    grad_s.add_(grad_sum_bits[slots].view(size, m, 1))
+                    blocks.fill_padding(grad_s, first, last, 0.0)
+                if need_qk:  # dL/dq' = (dL/ds') k_hat, dL/dk_hat = (dL/ds')^T q'
+                    grads[own : own + size * m, :c_e] += torch.bmm(grad_s, k).view(size * m, c_e)
+                    _fold_windows(torch.bmm(grad_s.transpose(1, 2), q), grads[:, c_e : 2 * c_e], n_offsets)
+                if need_learned and scoring.learned_form == "paper":  # the query's row
+                    grads[own : own + size * m, column:] += grad_s.view(size * m, blocks.window)
+                elif need_learned:  # "official": the key's row, at the query's slot
+                    _fold_windows(grad_s.transpose(1, 2), grads[:, column:], n_offsets)
+        # Back to the table's rows; a row appears several times (chunks at both ends, padding): their gradients add up.
+        grad_table.index_put_((blocks.plan.extended.flatten(),), grad_sorted, accumulate=True)
+        return grad_table, None, None, None, None
+
+
 def _attend_round(
-    q_rows: torch.Tensor,
-    k_rows: torch.Tensor,
-    v_rows: torch.Tensor,
+    table: torch.Tensor,
+    scoring: _Scoring,
     order: torch.Tensor,
+    undo: torch.Tensor,
     chunk_size: int,
     chunks_before: int,
     chunks_after: int,
-    learned_rows: torch.Tensor | None = None,
-    learned_form: str = "none",
-    fixed_scores: bool = True,
-    score_sums: bool = False,
+    needs: tuple[bool, bool, bool] = (True, True, True),
+    scratch: dict | None = None,
+    reuse_as: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One hashing round: attend inside the chunks of the sorted sequence, a block of chunks at a time.
 
+    Each block of ``B`` chunks gathers the ``(B + K - 1) m`` rows of ``table``
+    its windows cover, once; the ``B`` windows of ``K m`` keys are overlapping
+    strided views of those rows, so the scores and the weighted values of a
+    block are two batched matrix products (``(B, m, C_e) x (B, C_e, K m)`` and
+    ``(B, m, K m) x (B, K m, C_v)``) with no per-window copy.  Results are
+    written in sorted order and brought back to position order by one gather.
+
     Args:
-        q_rows, k_rows: ``(N * L, C_e)`` queries and unit keys; position ``l``
-            of image ``n`` is row ``n * L + l``.
-        v_rows: ``(N * L, C_v)`` values, same rows.
-        order: ``(N, L)`` int64, the position at each sorted slot of this round.
+        table: ``(N * L, W)`` rows of :func:`_row_table`; position ``l`` of
+            image ``n`` is row ``n * L + l``.
+        scoring: the table's layout and the scores (:class:`_Scoring`): the
+            learned term (for ``"paper"`` its ``K m`` columns in the window's
+            memory order, see :func:`_window_order`), whether ``q . k_hat`` is
+            used, as in :func:`non_local_sparse_attention`, and whether the sums
+            of the scores are returned (else None).
+        order, undo: ``(N, L)`` int64, the position at each sorted slot of this
+            round and its inverse (:func:`~srlib.attention.lsh.sort_by_code`).
         chunk_size, chunks_before, chunks_after: as in :func:`non_local_sparse_attention`.
-        learned_rows, learned_form, fixed_scores: the learned score term and
-            whether ``q . k_hat`` is used, as in :func:`non_local_sparse_attention`.
-        score_sums: also return the sums of the scores (else None).
+        needs: whether the queries / keys, the values and the learned term need
+            gradients (when the table does).
+        scratch: a dict of buffers the blocks reuse (:func:`_buffer`), or None.
+        reuse_as: without autograd, the name under which ``scratch`` keeps the
+            returned tensors for the next call with that name (which overwrites
+            them); None: fresh tensors.
 
     Returns:
         ``(out, lse, score_sum)``: the round's ``(N * L, C_v)`` output, ``(N * L,)``
         log-normalisers and ``(N * L,)`` sums of the scores over the keys each
         query saw (for DLSN's eq. 18; None unless ``score_sums``), back in row
-        (position) order.
+        (position) order.  Differentiable with respect to ``table``.
     """
-    n, length = order.shape
-    device = order.device
-    n_chunks = math.ceil(length / chunk_size)
-    offsets = neighbour_chunk_offsets(n_chunks, chunks_before, chunks_after)  # K distinct chunk offsets
-    # Row of every sorted slot; the padded slots at the end repeat the last row (masked as keys, dropped as queries).
-    rows = order + torch.arange(n, device=device)[:, None] * length  # (N, L)
-    rows = torch.cat([rows, rows[:, -1:].expand(n, n_chunks * chunk_size - length)], dim=1)  # (N, nc m)
-    # The round's sorted sequences, cut into chunks.
-    q_chunks = q_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
-    k_chunks = k_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_e)
-    v_chunks = v_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)  # (N, nc, m, C_v)
-    if learned_form != "none":  # (N, nc, m, P): P = K_max m key slots ("paper") or m query slots ("official")
-        l_chunks = learned_rows.index_select(0, rows.flatten()).view(n, n_chunks, chunk_size, -1)
-    # Chunks seen by each chunk; which of them see the padded last chunk.
-    neighbours = (torch.arange(n_chunks)[:, None] + torch.tensor(offsets)[None, :]) % n_chunks  # (nc, K), CPU
-    sees_padding = (neighbours == n_chunks - 1).any(dim=1) & (n_chunks * chunk_size > length)  # (nc,), CPU
-    neighbours_here = neighbours.to(device)  # (nc, K)
-    slots = torch.arange(chunk_size, device=device)  # (m,)
-    block = max(1, _BLOCK_SCORE_ENTRIES // (n * chunk_size * len(offsets) * chunk_size))  # chunks per block
-
-    out = v_rows.new_empty(n * length, v_rows.shape[1])  # (N L, C_v); every row is written once below
-    lse = v_rows.new_empty(n * length)  # (N L,)
-    score_sum = v_rows.new_empty(n * length) if score_sums else None  # (N L,)
-    window = len(offsets) * chunk_size  # K m keys per query
-    for first in range(0, n_chunks, block):
-        last = min(first + block, n_chunks)
-        size = last - first  # B chunks in this block
-        # The block's queries, and the keys / values of each chunk's neighbourhood (own chunk first).
-        seen = neighbours_here[first:last].flatten()  # (B K,)
-        q = q_chunks[:, first:last]  # (N, B, m, C_e)
-        k = k_chunks.index_select(1, seen).view(n, size, -1, k_chunks.shape[-1])  # (N, B, K m, C_e)
-        v = v_chunks.index_select(1, seen).view(n, size, -1, v_chunks.shape[-1])  # (N, B, K m, C_v)
-        # Scores q . k_hat (s_f), plus the learned term s_l when there is one.
-        if learned_form == "none":
-            scores = q @ k.transpose(-1, -2)  # (N, B, m, K m)
+    n = order.shape[0]
+    plan = _chunk_plan(order, chunk_size, chunks_before, chunks_after)
+    if torch.is_grad_enabled() and table.requires_grad:
+        results = _WindowAttentionFunction.apply(table, scoring, plan, needs, scratch)
+        reuse_as = None
+    else:
+        results = _window_attention(table, scoring, plan, scratch, reuse_outputs=reuse_as is not None)
+    # Slot s of image n is row n nc m + s of the results; position l sits at slot undo[n, l].
+    back = (undo + torch.arange(n, device=undo.device)[:, None] * (plan.n_chunks * chunk_size)).flatten()  # (N L,)
+    unsorted = []
+    for index, result in enumerate(results[: 3 if scoring.score_sums else 2]):  # (S, C_v), (S,), (S,)
+        if reuse_as is None:
+            unsorted.append(result.index_select(0, back))
         else:
-            if learned_form == "paper":  # the query's network output, one score per key slot of its window
-                learned = l_chunks[:, first:last, :, :window]  # (N, B, m, K m)
-            else:  # "official": each key's network output, read at the query's slot in its chunk
-                learned = l_chunks.index_select(1, seen).view(n, size, window, chunk_size).transpose(-1, -2)
-            scores = q @ k.transpose(-1, -2) + learned if fixed_scores else learned.clone()  # (N, B, m, K m)
-        # Padded key slots (all in the last chunk) get -inf, i.e. zero weight.
-        key_valid = None
-        if bool(sees_padding[first:last].any()):
-            key_valid = (neighbours_here[first:last, :, None] * chunk_size + slots < length).view(1, size, 1, -1)
-        if score_sums:  # sum_j s(q, k_j) over the real keys of the window (DLSN eq. 18)
-            real = scores if key_valid is None else scores.masked_fill(~key_valid, 0.0)
-            block_sum = real.sum(dim=-1)  # (N, B, m)
-        if key_valid is not None:
-            scores.masked_fill_(~key_valid, float("-inf"))
-        # Softmax and log-normaliser, in place: w = exp(s - max), lse = max + log sum w, out = (w v) / sum w.
-        top = scores.detach().amax(dim=-1, keepdim=True)  # (N, B, m, 1); lse and out do not depend on it
-        weights = scores.sub_(top).exp_()  # (N, B, m, K m)
-        total = weights.sum(dim=-1, keepdim=True)  # (N, B, m, 1)
-        block_out = (weights @ v) / total  # (N, B, m, C_v)
-        block_lse = top + total.log()  # (N, B, m, 1)
-        # Store each real query slot's result at its position's row (padded slots are the block's last ones).
-        kept = min(last * chunk_size, length) - first * chunk_size  # real slots per image in this block
-        real_rows = rows[:, first * chunk_size : first * chunk_size + kept].flatten()  # (N kept,)
-        out.index_copy_(0, real_rows, block_out.flatten(1, 2)[:, :kept].flatten(0, 1))
-        lse.index_copy_(0, real_rows, block_lse.flatten(1)[:, :kept].flatten())
-        if score_sums:
-            score_sum.index_copy_(0, real_rows, block_sum.flatten(1)[:, :kept].flatten())
+            buffer = _buffer(scratch, f"{reuse_as}_{index}", result, back.shape[0], *result.shape[1:])
+            unsorted.append(torch.index_select(result, 0, back, out=buffer))
+    out, lse = unsorted[:2]  # (N L, C_v), (N L,)
+    score_sum = unsorted[2] if scoring.score_sums else None  # (N L,)
     return out, lse, score_sum
 
 
@@ -361,11 +693,20 @@ def non_local_sparse_attention(
     ``K m R L`` scores per image instead of ``L^2``: for a 100x100 map, 4
     rounds and m = 144, 17 M against 100 M for dense attention.  They are
     never all held at once: the rounds run one after the other, each one a
-    block of chunks at a time (about 2**20 scores, 4 MiB in float32, per
-    block), and each round is merged into the result as soon as it is done.
-    What remains is linear in ``L``: the hash projections ``(N, R, L, b)``
-    (briefly), a few ``(N, L, C)`` copies of the inputs and outputs, and,
-    with ``return_details=True``, every round's output.
+    block of chunks of one image at a time (about 2**20 scores, 4 MiB in
+    float32, per block), and each round is merged into the result as soon as
+    it is done; training keeps no scores either (the backward pass recomputes
+    each block's weights from the saved log-normalisers).  What remains is
+    linear in ``L``: the hash projections ``(N, R, L, b)`` (briefly), a few
+    ``(N, L, C)`` copies of the inputs and outputs, and, with
+    ``return_details=True``, every round's output.
+
+    Speed.  A block of ``B`` chunks is two batched matrix products, ``(B, m,
+    C_e) x (B, C_e, K m)`` and ``(B, m, K m) x (B, K m, C_v)``, on strided
+    views of one gather of the round's rows (the ``B`` windows of ``K m`` keys
+    overlap, and are not copied); the softmax runs in base 2 (``exp2``) and,
+    when every query is short enough (``||q|| <= 44`` in float32), without the
+    row maximum, since unit keys bound every score by ``||q||``.
 
     Raises:
         ValueError: inputs that are not non-empty float ``(N, C, H, W)`` maps;
@@ -404,38 +745,59 @@ def non_local_sparse_attention(
         k, hashing, n_rounds, n_buckets, generator=generator, projections=rotations, mode=superbit_mode
     )  # (N, R, L)
     # 2. Sort each round by code (stable): order[n, r, s] is the position at sorted slot s.
-    order, _ = sort_by_code(codes)  # (N, R, L)
-    # One row per position (row n L + l), so that chunks can be gathered by row number.
-    q_rows = q.reshape(n * length, -1)  # (N L, C_e)
-    k_rows = k.reshape(n * length, -1)  # (N L, C_e)
-    v_rows = v.reshape(n * length, c_v)  # (N L, C_v)
+    order, undo = sort_by_code(codes)  # (N, R, L) each
+    if learned_form == "paper":  # the window's K m key slots, from "own, previous, next" to memory order
+        n_chunks = math.ceil(length / chunk_size)
+        _, parts = _window_order(n_chunks, chunks_before, chunks_after)
+        columns = (torch.tensor(parts, device=query.device)[:, None] * chunk_size
+                   + torch.arange(chunk_size, device=query.device)).flatten()  # (K m,)
+        learned_rows = learned_rows.index_select(1, columns)  # (N L, K m)
+    # One row per position (row n L + l), queries, keys, values and learned term side by side, so that a
+    # block of chunks is one gather of rows.
+    table = _row_table(q, k, v, learned_rows)  # (N L, W)
+    by_score_sum = round_weighting == "score_sum"
+    scoring = _Scoring(q.shape[2], c_v, learned_form, fixed_scores, by_score_sum,
+                       bounded=_bounded_scores(table, q.shape[2], learned_form))
+    needs = (query.requires_grad or key.requires_grad, value.requires_grad,
+             learned_rows is not None and learned_rows.requires_grad)
     # 3. Attend inside the chunks and their neighbours, one round after the other (see _attend_round).
     # 4. Combine the rounds as they come: out = sum_r softmax_r(lse_r) out_r over the rounds so far,
     #    and lse = log sum_r exp(lse_r), their joint log-normaliser.
     #    (DLSN eq. 18 instead: out = sum_r S_r out_r / sum_r S_r, accumulated as two running sums.)
-    by_score_sum = round_weighting == "score_sum"
+    # Without autograd and details, the rounds reuse their buffers and are combined in place.
+    in_place = not return_details and not (torch.is_grad_enabled() and table.requires_grad)
+    scratch = {}  # buffers reused by the blocks and rounds of this call
     outputs, lses, sums = [], [], []  # every round's result, kept only for the details
     combined = combined_lse = None  # (N L, C_v), (N L,)
     for r in range(n_rounds):
         round_out, round_lse, round_sum = _attend_round(
-            q_rows, k_rows, v_rows, order[:, r], chunk_size, chunks_before, chunks_after,
-            learned_rows=learned_rows, learned_form=learned_form, fixed_scores=fixed_scores, score_sums=by_score_sum,
+            table, scoring, order[:, r], undo[:, r], chunk_size, chunks_before, chunks_after, needs=needs,
+            scratch=scratch, reuse_as=("first" if r == 0 else "round") if in_place else None,
         )  # (N L, C_v), (N L,), (N L,) or None
         if return_details:
             outputs.append(round_out)
             lses.append(round_lse)
             sums.append(round_sum)
         if by_score_sum:  # numerator sum_r S_r out_r and denominator sum_r S_r (eq. 17-18)
-            weighted = round_sum.unsqueeze(-1) * round_out  # (N L, C_v)
-            combined = weighted if combined is None else combined + weighted
-            combined_lse = round_sum if combined_lse is None else combined_lse + round_sum
+            if combined is None:
+                combined = round_out.mul_(round_sum.unsqueeze(-1)) if in_place else round_sum.unsqueeze(-1) * round_out
+                combined_lse = round_sum
+            elif in_place:
+                combined.addcmul_(round_out, round_sum.unsqueeze(-1))  # (N L, C_v)
+                combined_lse = combined_lse + round_sum
+            else:
+                combined = combined + round_sum.unsqueeze(-1) * round_out  # (N L, C_v)
+                combined_lse = combined_lse + round_sum
             continue
         if combined is None:
             combined, combined_lse = round_out, round_lse
             continue
         # Round r's share against the rounds before it: exp(lse_r) / (exp(lse) + exp(lse_r)).
         share = torch.sigmoid(round_lse - combined_lse)  # (N L,)
-        combined = torch.lerp(combined, round_out, share.unsqueeze(-1))  # (N L, C_v)
+        if in_place:
+            combined.lerp_(round_out, share.unsqueeze(-1))  # (N L, C_v)
+        else:
+            combined = torch.lerp(combined, round_out, share.unsqueeze(-1))  # (N L, C_v)
         combined_lse = torch.logaddexp(combined_lse, round_lse)  # (N L,)
     if by_score_sum:
         combined = combined / combined_lse.unsqueeze(-1)  # (N L, C_v), eq. 17 with the weights of eq. 18
