@@ -575,3 +575,13 @@ def test_package_layout_and_no_cli_import():
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_max_seconds_stops_the_timed_passes_after_the_budget_but_runs_at_least_one():
+    unlimited = measure_one(_spec("dense_fused", repeats=4))
+    assert unlimited["status"] == "ok" and len(unlimited["times_ms"]) == 4
+    limited = measure_one(_spec("dense_fused", repeats=4, max_seconds=1e-9))  # the first pass exceeds it
+    assert limited["status"] == "ok" and len(limited["times_ms"]) == 1
+    assert limited["time_spread"] is None and limited["noisy"] is None  # one pass: spread unknown, not "quiet"
+    with pytest.raises(ValueError, match="max_seconds"):
+        run_attention_benchmark(cases=["dense_fused"], sizes=[8], sweep_sizes=[], max_seconds=0)

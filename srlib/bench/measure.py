@@ -150,12 +150,17 @@ def _lifetime_peak_bytes() -> int | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _timed_passes(module: nn.Module, inputs: tuple, count: int) -> list[float]:
-    """Run ``count`` forward passes ``module(*inputs)``; return each one's wall time in ms (CUDA: synchronised)."""
+def _timed_passes(module: nn.Module, inputs: tuple, count: int, budget_ms: float | None = None) -> list[float]:
+    """Run ``count`` forward passes ``module(*inputs)``; return each one's wall time in ms (CUDA: synchronised).
+
+    With ``budget_ms``, stop early once the passes so far have taken that long (at least one pass runs).
+    """
     device = inputs[0].device
     cuda = device.type == "cuda"
-    times = []
+    times: list[float] = []
     for _ in range(count):
+        if budget_ms is not None and times and sum(times) >= budget_ms:
+            break
         if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -167,15 +172,19 @@ def _timed_passes(module: nn.Module, inputs: tuple, count: int) -> list[float]:
     return times
 
 
-def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int) -> dict[str, Any]:
-    """Times of the ``repeats`` passes after ``warmup`` ones, and the memory the passes add (bytes)."""
+def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int,
+                     budget_ms: float | None = None) -> dict[str, Any]:
+    """Times of the ``repeats`` passes after ``warmup`` ones, and the memory the passes add (bytes).
+
+    ``budget_ms``: the timed passes stop once they have taken this long (at least one runs).
+    """
     device = inputs[0].device
     if device.type == "cuda":
         _timed_passes(module, inputs, warmup)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        times = _timed_passes(module, inputs, repeats)
+        times = _timed_passes(module, inputs, repeats, budget_ms)
         peak = torch.cuda.max_memory_allocated(device)
         return {"times_ms": times, "memory_bytes": peak - before, "memory_method": "cuda_max_memory_allocated",
                 "baseline_bytes": before}
@@ -185,7 +194,7 @@ def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int
         _release_free_heap()
         before = _proc_status_bytes("VmRSS")
         _reset_resident_peak()
-        times = _timed_passes(module, inputs, repeats)
+        times = _timed_passes(module, inputs, repeats, budget_ms)
         peak = _proc_status_bytes("VmHWM")
         return {"times_ms": times, "memory_bytes": max(peak - before, 0), "memory_method": "proc_clear_refs",
                 "baseline_bytes": before}
@@ -194,7 +203,7 @@ def _time_and_memory(module: nn.Module, inputs: tuple, repeats: int, warmup: int
     _timed_passes(module, inputs, 1)
     after = _lifetime_peak_bytes()
     _timed_passes(module, inputs, warmup)
-    times = _timed_passes(module, inputs, repeats)
+    times = _timed_passes(module, inputs, repeats, budget_ms)
     if before is None or after is None:
         return {"times_ms": times, "memory_bytes": None, "memory_method": "unavailable", "baseline_bytes": None}
     return {"times_ms": times, "memory_bytes": max(after - before, 0), "memory_method": "ru_maxrss",
@@ -250,7 +259,8 @@ def _new_record(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 _SPEC_DEFAULTS = {"channels": 64, "repeats": DEFAULT_REPEATS, "warmup": DEFAULT_WARMUP, "device": "cpu",
-                  "threads": 1, "seed": 0, "region_grid": None, "max_attention_bytes": None, "probe_mib": 200.0}
+                  "threads": 1, "seed": 0, "region_grid": None, "max_attention_bytes": None, "probe_mib": 200.0,
+                  "max_seconds": None}
 
 
 def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +273,9 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
             float32 input), and optionally ``channels`` (64), ``repeats`` (10),
             ``warmup`` (2), ``device`` (``"cpu"``), ``threads`` (1), ``seed`` (0),
             ``region_grid`` (None: as registered), ``max_attention_bytes``
-            (None: the guard's default; ``"inf"``: off) and ``probe_mib`` (200).
+            (None: the guard's default; ``"inf"``: off), ``probe_mib`` (200) and
+            ``max_seconds`` (None: time every repeat; else stop the timed passes
+            once they have taken this many seconds, at least one pass).
 
     Returns:
         One record: ``case, size, positions, status, time_ms`` (median, ms),
@@ -312,7 +324,9 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
         arithmetic = {"reason": f"the declared arithmetic failed: {type(exc).__name__}: {exc}"}
     try:
         with torch.no_grad():
-            measured = _time_and_memory(module, inputs, spec["repeats"], spec["warmup"])
+            budget = spec["max_seconds"]
+            measured = _time_and_memory(module, inputs, spec["repeats"], spec["warmup"],
+                                        None if budget is None else 1000.0 * budget)
     except AttentionMemoryError as exc:  # the guard refused before allocating
         return {**record, "status": "refused", "reason": str(exc)}
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -562,6 +576,7 @@ def run_attention_benchmark(
     quick: bool | None = None,
     progress: bool = True,
     matmul_size: int | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Forward time, peak memory and arithmetic rate of attention modules on ``(1, C, S, S)`` float32 maps.
 
@@ -609,6 +624,10 @@ def run_attention_benchmark(
         matmul_size: side ``n`` of the ``(n, n) @ (n, n)`` GEMM that measures
             the matmul rate (default :data:`MATMUL_SIZES` of the device, 1024 on
             CPU; :data:`QUICK_MATMUL_SIZE` in quick mode).
+        max_seconds: time budget of one measurement's timed passes, seconds:
+            once the passes so far have taken this long no more are started (at
+            least one pass; the record's ``times_ms`` shows how many ran).  For
+            sizes where one pass takes minutes; None: always ``repeats`` passes.
 
     Returns:
         A JSON-ready dict: ``"benchmark"``, ``"settings"`` (the arguments used),
@@ -662,7 +681,8 @@ def run_attention_benchmark(
             raise ValueError(
                 f"region_grid must be a pair (rows, cols) of positive integers or None, got {region_grid!r}"
             ) from None
-    for name, value in (("max_attention_bytes", max_attention_bytes), ("timeout_s", timeout_s)):
+    for name, value in (("max_attention_bytes", max_attention_bytes), ("timeout_s", timeout_s),
+                        ("max_seconds", max_seconds)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0):
             raise ValueError(f"{name} must be a positive number or None, got {value!r}")
     if isinstance(probe_mib, bool) or not isinstance(probe_mib, numbers.Real) or not probe_mib >= 0:
@@ -686,7 +706,7 @@ def run_attention_benchmark(
         "dtype": "float32", "repeats": repeats, "warmup": warmup, "threads": threads, "region_grid": grid,
         "max_attention_bytes": limit, "probe_mib": probe_mib, "seed": seed, "timeout_s": timeout_s, "quick": quick,
         "isolation": "in-process" if run_device.type == "cuda" else "fresh process per (case, size)",
-        "matmul_size": matmul_size, "noise_threshold": NOISE_THRESHOLD,
+        "matmul_size": matmul_size, "noise_threshold": NOISE_THRESHOLD, "max_seconds": max_seconds,
     }
     measured_sizes = sorted(set(table_sizes) | set(sweep))
     records: list[dict[str, Any]] = []
@@ -707,7 +727,7 @@ def run_attention_benchmark(
                 spec = {
                     **case.to_spec(), "size": size, "channels": channels, "repeats": repeats, "warmup": warmup,
                     "device": str(run_device), "threads": threads, "seed": seed, "region_grid": grid,
-                    "max_attention_bytes": limit, "probe_mib": probe_mib,
+                    "max_attention_bytes": limit, "probe_mib": probe_mib, "max_seconds": max_seconds,
                 }
                 if stopped is not None:
                     record = {**_new_record(spec), "status": "skipped", "reason": stopped}
