@@ -233,3 +233,31 @@ def test_check_lr_batch_refuses_non_finite_pixels_with_their_count():
     image[0, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(1 NaN, 0 infinite\)"):
         super_resolve(model, image, tile=4, tile_overlap=2)
+
+
+def test_cpu_bf16_autocasts_the_training_step_only_where_the_cpu_has_bf16(tmp_path, monkeypatch):
+    """The quick edsr_baseline preset asks for bf16 on CPU; a CPU without bf16 instructions trains in float32."""
+    assert preset_config("quick").cpu_bf16 and not preset_config("smoke").cpu_bf16
+    assert not TrainConfig.from_dict({"model": "edsr_baseline"}).cpu_bf16  # an older run's config: float32
+    seen = []
+    original = build_model
+
+    def spy_build(*args, **kwargs):
+        model = original(*args, **kwargs)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", spy_build)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    train(_config(steps=2, checkpoint_every=0, cpu_bf16=True), tmp_path / "bf16", progress=False,
+          write_report=False)
+    assert seen[0] == torch.bfloat16  # a convolution of the training step's forward pass
+    saved = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")["model_state"]
+    assert {value.dtype for value in saved.values()} == {torch.float32}  # float32 weights, bf16 only in the step
+    seen.clear()
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        train(_config(steps=2, checkpoint_every=0, cpu_bf16=True), tmp_path / "fp32", progress=False,
+              write_report=False)
+    assert seen and set(seen) == {torch.float32}

@@ -107,7 +107,9 @@ class EDSR(nn.Module):
 @register_model(
     "edsr_baseline",
     presets={
-        "quick": {"model_options": {"n_feats": 32, "n_blocks": 4}},
+        # The README's main job: bf16 on CPUs that have it (2.3x per step) buys 4,000 steps in the 10-minute budget.
+        "quick": {"model_options": {"n_feats": 32, "n_blocks": 4}, "cpu_bf16": True, "steps": 4000,
+                  "val_every": 1000, "checkpoint_every": 1000},
         "full": {"model_options": {"n_feats": 64, "n_blocks": 16}},
         "smoke": {"model_options": {"n_feats": 16, "n_blocks": 2}},
     },
