@@ -5,9 +5,13 @@ one JSON line per model (``seconds_per_image``, ``flops_per_tile_or_image`` from
 ``train_seconds_30_steps``) and then all of them.  The checkpoints come from this checkout's ``data/checkpoints``,
 the code from whatever ``srlib`` the path gives, so two trees can be compared on the same weights.
 """
-import json, sys, tempfile, time
+import json
+import tempfile
+import time
 from pathlib import Path
+
 import torch
+
 import srlib
 from srlib.checkpoint import load_checkpoint, model_from_checkpoint
 from srlib.data import bicubic_degrade, crop_to_multiple, find_dataset, load_image
@@ -19,29 +23,26 @@ CKPT = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 results = {"srlib": srlib.__file__}
 urban = find_dataset("Urban100")  # SRLIB_DATA
 images = sorted(Path(urban).rglob("*.png"))[:1]
-for name, tile in (("csnln", 48), ("nlsn", None)):
+for name in ("csnln", "nlsn"):
+    tile = preset_config("quick", model=name).val_tile  # the preset's tile policy: CSNLN 48 px, NLSN whole images
     model = model_from_checkpoint(load_checkpoint(CKPT / f"{name}_x2.pt")).eval()
     torch.set_num_threads(1)
     per_image = []
     for path in images:
         hr = crop_to_multiple(load_image(path), 2)  # uint8 (3, H, W)
-        lr = bicubic_degrade(hr, 2).float().div(255)  # float32 (3, H/2, W/2) in [0, 1]
+        lr = bicubic_degrade(hr, 2).float().div(255)[None]  # float32 (1, 3, H/2, W/2) in [0, 1]
         start = time.perf_counter()
-        super_resolve(model, lr[None] if lr.dim() == 3 else lr, tile=tile)
+        super_resolve(model, lr, tile=tile)
         per_image.append(time.perf_counter() - start)
-    lr_shape = tuple((lr[None] if lr.dim() == 3 else lr).shape)
-    try:
-        flops = count_flops(model, (48, 48)) if tile else count_flops(model, lr_shape[-2:])
-    except Exception as error:
-        flops = repr(error)
+    flops = count_flops(model, (tile, tile) if tile else tuple(lr.shape[-2:]))  # per tile, or per whole image
     torch.set_num_threads(2)
     config = preset_config("quick", model=name, scale=2, steps=30, val_every=0, checkpoint_every=0,
                            checkpoint_minutes=0, log_every=10, final_sets=("Set5",), seed=0)
     with tempfile.TemporaryDirectory() as out:
-        history = train(config, Path(out), progress=False, write_report=False)
-    results[name] = {"tile": tile, "images": [p.name for p in images], "lr_shape_last": lr_shape,
+        run = train(config, Path(out), progress=False, write_report=False)
+    results[name] = {"tile": tile, "images": [p.name for p in images], "lr_shape_last": tuple(lr.shape),
                      "seconds_per_image": per_image, "flops_per_tile_or_image": flops,
-                     "train_seconds_30_steps": history.get("train_seconds"), "batch": config.batch_size,
+                     "train_seconds_30_steps": run["train_seconds"], "batch": config.batch_size,
                      "lr_patch": config.lr_patch}
     print(name, json.dumps(results[name]), flush=True)
 print(json.dumps(results))
