@@ -18,6 +18,8 @@ from torch.utils._pytree import tree_leaves
 
 from srlib.attention import attention_entry
 from srlib.attention.cross_scale import (
+    AUTO_CONV_BYTES,
+    AUTO_CONV_BYTES_PER_IMAGE,
     CHUNK_BYTES,
     CHUNK_QUERIES,
     MIN_CHUNK,
@@ -32,6 +34,7 @@ from srlib.attention.cross_scale import (
     cross_scale_attention,
     cross_scale_attention_bytes,
     cross_scale_chunk_size,
+    cross_scale_implementation,
     naive_cross_scale_attention,
     overlap_count,
     pad_to_multiple,
@@ -532,7 +535,7 @@ def test_bad_input_raises_one_clear_error():
 
 
 # ----------------------------------------------------------------------------------------------
-# The two implementations of eq. 4: chunked matrix products (default) and the convolutions
+# The two implementations of eq. 4: chunked matrix products and the convolutions ("auto" picks one)
 # ----------------------------------------------------------------------------------------------
 
 # (N, C_qk, C_v, H, W, s): multiples of s, sizes that are not, tiny maps, s = 4
@@ -549,10 +552,11 @@ def test_matmul_equals_conv_in_float64(n, c_qk, c_v, height, width, s, p):
             query, key, value, s, p, normalization=normalization, return_attention=True, implementation="conv"
         )
         # None: one chunk; 1: one query per chunk; 5 and 7 divide none of the padded maps here.
+        # ("auto" would take the convolutions on these small maps without a chunk size.)
         for chunk_size in (None, 1, 5, 7, queries - 1, queries + 3):
             out, attention = cross_scale_attention(
                 query, key, value, s, p, normalization=normalization, return_attention=True,
-                chunk_size=max(chunk_size, 1) if chunk_size is not None else None,
+                implementation="matmul", chunk_size=chunk_size,
             )
             torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(attention, expected_attention, rtol=1e-12, atol=1e-12)
@@ -683,6 +687,38 @@ def test_matmul_refuses_when_not_even_one_query_fits():
         cross_scale_attention(big_query, big_key, big_query, 2, max_attention_bytes=2**20)
 
 
+def test_auto_takes_the_convolutions_only_for_small_maps_that_fit():
+    mib = 2**20
+    # float32, x2: a T x T map holds 2 (T/2)^2 T^2 scores and weights, 4 bytes each.
+    assert cross_scale_attention_bytes(1, 48, 48, 2) <= AUTO_CONV_BYTES_PER_IMAGE < cross_scale_attention_bytes(1, 64, 64, 2)
+    assert cross_scale_implementation(1, 48, 48, 2, max_attention_bytes=math.inf) == "conv"  # CSNLN's tiles
+    assert cross_scale_implementation(16, 24, 24, 2, max_attention_bytes=math.inf) == "conv"  # its training batch
+    assert cross_scale_implementation(1, 64, 64, 2, max_attention_bytes=math.inf) == "matmul"  # 32 MiB per image
+    assert cross_scale_implementation(1, 150, 150, 2, max_attention_bytes=math.inf) == "matmul"
+    # A batch of small maps that is large in all, an explicit chunk size, a limit below the map.
+    per_image = cross_scale_attention_bytes(1, 32, 32, 2)
+    assert 16 * per_image <= AUTO_CONV_BYTES < 200 * per_image
+    assert cross_scale_implementation(16, 32, 32, 2, max_attention_bytes=math.inf) == "conv"
+    assert cross_scale_implementation(200, 32, 32, 2, max_attention_bytes=math.inf) == "matmul"
+    assert cross_scale_implementation(1, 32, 32, 2, max_attention_bytes=math.inf, chunk_size=100) == "matmul"
+    assert cross_scale_implementation(1, 32, 32, 2, max_attention_bytes=per_image) == "conv"
+    assert cross_scale_implementation(1, 32, 32, 2, max_attention_bytes=per_image - 1) == "matmul"
+    assert cross_scale_implementation(1, 32, 32, 2, torch.float64, max_attention_bytes=math.inf) == "conv"
+    assert AUTO_CONV_BYTES == 256 * mib
+    with pytest.raises(ValueError, match="chunk_size"):
+        cross_scale_implementation(1, 8, 8, 2, chunk_size=0)
+    # "auto" computes what both do, and follows the limit (the matmul path fits its chunks).
+    query, key, value = random_maps(2, 2, 3, 9, 10, 2, seed=36)
+    expected = cross_scale_attention(query, key, value, 2, implementation="conv")
+    torch.testing.assert_close(cross_scale_attention(query, key, value, 2), expected, rtol=1e-12, atol=1e-12)
+    small = cross_scale_attention_bytes(2, 9, 10, 2, DTYPE) // 8
+    torch.testing.assert_close(
+        cross_scale_attention(query, key, value, 2, max_attention_bytes=small), expected, rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(AttentionMemoryError):
+        cross_scale_attention(query, key, value, 2, implementation="conv", max_attention_bytes=small)
+
+
 def test_implementation_options_and_registry_cases():
     query, key, value = random_maps(1, 2, 2, 4, 4, 2, seed=35)
     with pytest.raises(ValueError, match="implementation"):
@@ -695,13 +731,14 @@ def test_implementation_options_and_registry_cases():
     with pytest.raises(ValueError, match="chunk_size"):
         CrossScaleAttention(4, chunk_size=0)
     module = CrossScaleAttention(4)
-    assert module.implementation == "matmul" and not module.memory_guarded
-    assert "implementation='matmul'" in repr(module)
+    assert module.implementation == "auto" and not module.memory_guarded
+    assert "implementation='auto'" in repr(module)
+    assert not CrossScaleAttention(4, implementation="matmul").memory_guarded
     conv = CrossScaleAttention(4, implementation="conv")
     assert conv.memory_guarded
     assert set(module.state_dict()) == set(conv.state_dict())  # the option is not in the checkpoint
     bench = attention_entry("cross_scale").bench
-    assert bench["cross_scale"].get("implementation", "matmul") == "matmul"
+    assert bench["cross_scale"]["implementation"] == "matmul"  # named: "auto" would switch with S
     assert bench["cross_scale_conv"]["implementation"] == "conv"
     assert bench["cross_scale_conv"]["scale"] == bench["cross_scale"]["scale"] == 2
     assert bench["cross_scale_conv"]["patch_size"] == bench["cross_scale"]["patch_size"] == 3
@@ -718,8 +755,8 @@ def test_both_implementations_give_the_recorded_outputs_of_the_shipped_csnln():
     recorded = torch.load(root / "data" / "shipped_checkpoint_outputs.pt", weights_only=True)
     model = model_from_checkpoint(root.parent / "data" / "checkpoints" / "csnln_x2.pt", expected_model="csnln")
     attentions = [m for m in model.modules() if isinstance(m, CrossScaleAttention)]
-    assert attentions and all(m.implementation == "matmul" for m in attentions)
-    for implementation, chunk_size in (("matmul", None), ("matmul", 37), ("conv", None)):
+    assert attentions and all(m.implementation == "auto" for m in attentions)
+    for implementation, chunk_size in (("auto", None), ("matmul", None), ("matmul", 37), ("conv", None)):
         for m in attentions:
             m.implementation, m.chunk_size = implementation, chunk_size
         with torch.no_grad():

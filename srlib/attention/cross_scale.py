@@ -71,10 +71,17 @@ Where the official code and the paper differ, and what this module does:
   value patches as kernels: pasting), one image at a time.  Here that
   formulation is ``implementation="conv"``, the whole batch at once as one
   grouped ``conv2d`` / ``conv_transpose2d``; it is the one notebook 02
-  explains.  The default, ``implementation="matmul"``, computes the same sums
-  as matrix products over chunks of queries (unfolded query patches times
-  normalised key patches, softmax, weights times value patches, ``F.fold``
-  back with stride ``s``), so that only one chunk of scores exists at a time.
+  explains.  ``implementation="matmul"`` computes the same sums as matrix
+  products over chunks of queries (unfolded query patches times normalised
+  key patches, softmax, weights times value patches, ``F.fold`` back with
+  stride ``s``), so that only one chunk of scores exists at a time.  The
+  default, ``implementation="auto"``, picks one per call
+  (:func:`cross_scale_implementation`): the convolutions when the whole score
+  map is small (at most :data:`AUTO_CONV_BYTES_PER_IMAGE` per image and
+  :data:`AUTO_CONV_BYTES` in all, e.g. CSNLN's 48 x 48 tiles and 24 x 24
+  training patches, where they are up to 2x faster on a CPU), the chunked
+  products otherwise (at 150 x 150 with 64 channels they are 2.4x faster and
+  need a tenth of the memory, ``docs/results/README.md``).
 * **Sizes not divisible by s.**  The official code crashes.  Here the maps are
   padded at the bottom and right to the next multiple of ``s`` (``pad_mode``
   ``"replicate"``, the default, or ``"reflect"``), attended, and the output is
@@ -95,12 +102,15 @@ first (:func:`cross_scale_attention_bytes`) and raise :class:`AttentionMemoryErr
 free on the input's device (``/proc/meminfo`` MemAvailable, or
 ``torch.cuda.mem_get_info``); ``math.inf`` turns the guard off.
 The cure is tiled inference, e.g. ``srlib eval --tile 256``.
-Eq. 4 with the default ``implementation="matmul"`` holds one chunk of queries'
+Eq. 4 with ``implementation="matmul"`` holds one chunk of queries'
 scores at a time (:data:`CHUNK_QUERIES` queries): the same limit picks the chunk
 (:func:`cross_scale_chunk_size`) instead of refusing the map, and it refuses
 only when not even one query's scores fit.  Under autograd every chunk's
 softmax weights are kept for the backward pass, so training still holds one
 whole weight map (counted by the guard), as does ``return_attention``.
+The default ``implementation="auto"`` takes the convolutions only for maps
+whose whole score map is small and fits the limit, so it refuses exactly when
+``"matmul"`` would.
 """
 
 from __future__ import annotations
@@ -132,6 +142,8 @@ from srlib.attention.non_local import attention_matrix_bytes
 from srlib.attention.registry import register_attention
 
 __all__ = [
+    "AUTO_CONV_BYTES",
+    "AUTO_CONV_BYTES_PER_IMAGE",
     "CHUNK_BYTES",
     "CHUNK_QUERIES",
     "IMPLEMENTATIONS",
@@ -147,6 +159,7 @@ __all__ = [
     "cross_scale_attention",
     "cross_scale_attention_bytes",
     "cross_scale_chunk_size",
+    "cross_scale_implementation",
     "cross_scale_multiply_adds",
     "naive_cross_scale_attention",
     "naive_cross_scale_multiply_adds",
@@ -163,9 +176,16 @@ PAD_MODES = ("replicate", "reflect")
 KEY_NORM_EPS = 1e-4
 # The official code divides the overlapped sum by this constant.
 OFFICIAL_OVERLAP_DIVISOR = 6.0
-# The two implementations of eq. 4 (cross_scale_attention): chunked matrix products, or conv2d /
-# conv_transpose2d over the whole map (the official code's formulation).
-IMPLEMENTATIONS = ("matmul", "conv")
+# The implementations of eq. 4 (cross_scale_attention): "auto" (one of the two others, chosen per
+# call by cross_scale_implementation), chunked matrix products, or conv2d / conv_transpose2d over
+# the whole map (the official code's formulation).
+IMPLEMENTATIONS = ("auto", "matmul", "conv")
+# "auto" takes the convolutions when the whole map's scores and weights need at most this per
+# image (CSNLN's 32 channels, x2, 1 and 2 threads: conv 0.5x the matmul time at 24 x 24 (0.6 MiB),
+# equal at 48 x 48 (10 MiB), 1.5x at 64 x 64 (32 MiB); training steps alike) ...
+AUTO_CONV_BYTES_PER_IMAGE = 16 * 2**20
+# ... and at most this in all (a large batch of small maps keeps the memory bound of the matmul path).
+AUTO_CONV_BYTES = 256 * 2**20
 # Matmul path, when no chunk size is given: this many queries per chunk (on one CPU core 512 was
 # fastest at S = 100, 150 and 200: the score block stays in cache, the products stay large) ...
 CHUNK_QUERIES = 512
@@ -525,6 +545,50 @@ def cross_scale_chunk_size(
     return chunk
 
 
+def cross_scale_implementation(
+    batch: int,
+    height: int,
+    width: int,
+    scale: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_attention_bytes: float | None = None,
+    chunk_size: int | None = None,
+) -> str:
+    """What ``implementation="auto"`` runs for these maps: ``"conv"`` or ``"matmul"``.
+
+    ``"conv"`` when no ``chunk_size`` is asked for and the whole score map and
+    its weights (:func:`cross_scale_attention_bytes`) need at most
+    :data:`AUTO_CONV_BYTES_PER_IMAGE` per image, at most :data:`AUTO_CONV_BYTES`
+    in all, and fit the memory limit; ``"matmul"`` otherwise.  Small maps are
+    where the two convolutions beat the chunked products (fewer, larger
+    kernels; no ``F.fold`` per chunk); large maps are where the chunked
+    products win in time and memory.  Both compute the same function.
+
+    Args:
+        batch: ``N``.
+        height, width: the query map size ``H, W`` (before padding to a multiple of ``s``).
+        scale: ``s``.
+        dtype, device: of the scores (those of the query).
+        max_attention_bytes: the memory limit in bytes (``None``: half of the
+            memory free on ``device``; ``math.inf``: none).
+        chunk_size: the ``chunk_size`` option (any value selects ``"matmul"``).
+
+    Returns:
+        ``"conv"`` or ``"matmul"``.
+
+    Raises:
+        ValueError: non-positive sizes, scale or chunk size.
+    """
+    if _check_chunk_size(chunk_size) is not None:
+        return "matmul"
+    needed = cross_scale_attention_bytes(batch, height, width, scale, dtype)
+    if needed > AUTO_CONV_BYTES or needed > batch * AUTO_CONV_BYTES_PER_IMAGE:
+        return "matmul"
+    limit = memory_limit(device, max_attention_bytes)
+    return "matmul" if limit is not None and needed > limit[0] else "conv"
+
+
 # ----------------------------------------------------------------------------------------------
 # Functional cores (already-embedded maps)
 # ----------------------------------------------------------------------------------------------
@@ -684,7 +748,7 @@ def cross_scale_attention(
     *,
     pad_mode: str = "replicate",
     max_attention_bytes: float | None = None,
-    implementation: str = "matmul",
+    implementation: str = "auto",
     chunk_size: int | None = None,
 ):
     """Patch-based cross-scale attention, paper eq. 4 (CSNLN's CS-NL module without its embeddings).
@@ -699,7 +763,12 @@ def cross_scale_attention(
     the ``(sp) x (sp)`` patches of ``psi(X)`` at stride ``s`` (zero padding
     ``s(p-1)/2``), one per key position ``(g, h)``.
 
-    ``implementation="matmul"`` (default) - matrix products over chunks of at
+    ``implementation="auto"`` (default) runs one of the two below, chosen per
+    call by :func:`cross_scale_implementation`: ``"conv"`` when the whole score
+    map is small (faster there), ``"matmul"`` otherwise or when ``chunk_size``
+    is given.
+
+    ``implementation="matmul"`` - matrix products over chunks of at
     most ``chunk_size`` queries (row-major positions of the padded query map;
     a chunk may start and end inside a row):
 
@@ -746,10 +815,13 @@ def cross_scale_attention(
             memory; ``math.inf`` = no check).  ``"conv"``: for the whole score
             map and weights; ``"matmul"``: for one chunk's scores, weights and
             value patches, plus the whole weight map when it is kept (autograd,
-            ``return_attention``) - the chunk shrinks to fit.
-        implementation: ``"matmul"`` (chunked matrix products, default) or
-            ``"conv"`` (``conv2d`` / ``conv_transpose2d`` over the whole map).
-        chunk_size: ``"matmul"`` only: at most this many queries per chunk
+            ``return_attention``) - the chunk shrinks to fit; ``"auto"``: takes
+            ``"conv"`` only when its whole map fits.
+        implementation: ``"auto"`` (default: the faster of the two for the
+            map's size), ``"matmul"`` (chunked matrix products) or ``"conv"``
+            (``conv2d`` / ``conv_transpose2d`` over the whole map).
+        chunk_size: ``"matmul"`` (and ``"auto"``, which it then sends to
+            ``"matmul"``) only: at most this many queries per chunk
             (``None``: :data:`CHUNK_QUERIES`, fewer for very large maps, see
             :func:`cross_scale_chunk_size`); the memory limit may lower it.  Any
             value >= 1, it need not divide ``Hp*Wp``.
@@ -763,8 +835,9 @@ def cross_scale_attention(
             ``softmax_scale``, ``normalization``, ``pad_mode``, ``implementation``
             or ``chunk_size``.
         AttentionMemoryError: ``"conv"``: the score map would exceed the memory
-            limit; ``"matmul"``: not even one query's scores fit (with the whole
-            weight map where it is kept).  Raised before anything large is allocated.
+            limit; ``"matmul"`` and ``"auto"``: not even one query's scores fit
+            (with the whole weight map where it is kept).  Raised before
+            anything large is allocated.
 
     Source: Mei et al., CVPR 2020, eq. 4 and Sec. 4.1; aggregation and key
     normalisation as in the official ``CrossScaleAttention``
@@ -774,6 +847,12 @@ def cross_scale_attention(
     _check_choice("normalization", normalization, NORMALIZATIONS)
     _check_choice("implementation", implementation, IMPLEMENTATIONS)
     chunk_size = _check_chunk_size(chunk_size)
+    if implementation == "auto":
+        _check_triplet(query, key, value)  # before the shapes are read
+        implementation = cross_scale_implementation(
+            query.shape[0], query.shape[-2], query.shape[-1], positive_int("scale", scale),
+            query.dtype, query.device, max_attention_bytes, chunk_size,
+        )
     what = f"cross-scale attention (patch {patch_size}, {implementation})"
     scale, softmax_scale = _check_cross_scale_inputs(
         what, query, key, value, scale, softmax_scale, pad_mode, max_attention_bytes,
@@ -1045,10 +1124,13 @@ class _CrossScaleEmbeddings(nn.Module):
 @register_attention(
     "cross_scale", kind="cross_scale", loops="srlib.attention.loops:cross_scale_loops", guarded=True,
     bench={
-        "cross_scale": {"scale": 2, "patch_size": 3},
+        # The two implementations named (the default "auto" would switch between them with S).
+        "cross_scale": {"scale": 2, "patch_size": 3, "implementation": "matmul"},
         "cross_scale_conv": {"scale": 2, "patch_size": 3, "implementation": "conv"},
     },
-    test_options=[{"chunk_size": 7}],  # several chunks on the contract's small maps, starting inside rows
+    # Besides the default (which takes "conv" on the contract's small maps): the matmul path, in
+    # several chunks that start inside rows.
+    test_options=[{"chunk_size": 7}],
     multiply_adds=cross_scale_multiply_adds,
 )
 class CrossScaleAttention(_CrossScaleEmbeddings):
@@ -1079,12 +1161,15 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         max_attention_bytes: memory limit in bytes (``None`` = half of the free
             memory at every call, see the module docstring): for the whole score
             map with ``"conv"``, for one chunk with ``"matmul"``.
-        implementation: ``"matmul"`` (default: chunked matrix products, memory
-            bounded by one chunk) or ``"conv"`` (``conv2d`` / ``conv_transpose2d``
-            over the whole map, as the official code); the same function, see
-            :func:`cross_scale_attention`.  Not part of the checkpoint: change
-            it at any time through the attribute of the same name.
-        chunk_size: ``"matmul"`` only: at most this many queries per chunk
+        implementation: ``"auto"`` (default: ``"conv"`` for small maps, where
+            it is faster, ``"matmul"`` otherwise, see
+            :func:`cross_scale_implementation`), ``"matmul"`` (chunked matrix
+            products, memory bounded by one chunk) or ``"conv"`` (``conv2d`` /
+            ``conv_transpose2d`` over the whole map, as the official code); the
+            same function, see :func:`cross_scale_attention`.  Not part of the
+            checkpoint: change it at any time through the attribute of the same name.
+        chunk_size: ``"matmul"`` and ``"auto"`` (which it then sends to
+            ``"matmul"``) only: at most this many queries per chunk
             (``None``: chosen by :func:`cross_scale_chunk_size` from the map and the memory limit).
 
     Layers (checkpoint keys): ``query_embed``, ``key_embed``, ``value_embed``,
@@ -1099,7 +1184,7 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         ValueError: bad options (construction), or ``x`` not ``(N, C, H, W)``
             with ``C = channels`` and the module's dtype and device (forward).
         AttentionMemoryError: ``"conv"``: the score map would exceed the memory
-            limit; ``"matmul"``: not even a chunk of one query fits.
+            limit; ``"matmul"`` and ``"auto"``: not even a chunk of one query fits.
 
     Source: Mei et al., CVPR 2020, Fig. 2, eq. 4 and Sec. 4.1.
     """
@@ -1115,7 +1200,7 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
         activation: str = "prelu",
         pad_mode: str = "replicate",
         max_attention_bytes: float | None = None,
-        implementation: str = "matmul",
+        implementation: str = "auto",
         chunk_size: int | None = None,
     ):
         super().__init__(channels, scale, reduction, softmax_scale, activation, pad_mode, max_attention_bytes)
@@ -1130,7 +1215,8 @@ class CrossScaleAttention(_CrossScaleEmbeddings):
 
         The matrix-product path refuses only when not even one query's scores fit
         (:func:`cross_scale_chunk_size`), so under the default limit it runs any
-        map that the memory of its inputs and output allows.
+        map that the memory of its inputs and output allows; ``"auto"`` sends
+        every map whose score map does not fit to that path.
         """
         return self.implementation == "conv"
 
