@@ -77,10 +77,17 @@ Our reading, where the supplement is silent:
 Memory.  Per (input part, reference part) pair, one ``(L_i, P_r)``
 correlation block (``L_i`` input positions, ``P_r`` reference patches), computed
 in chunks of at most :data:`BLOCK_SCORE_ENTRIES` scores; the running best
-index and similarity are ``O(N_C L)``.  Peak memory therefore no longer grows
-with the number or size of the references, which is the point of the part-based
-mechanism (the supplement's Table 7: 40.15 GB at ``N_R = 1`` against 15.69 GB
-at ``N_R = 16`` on GEMAP with ``N_M = 4``).
+index and similarity are ``O(N_C L)``.  The scores, which a flat search would
+hold for every input position against every patch of every reference, are
+therefore bounded whatever the number or size of the references: that is the
+saving of the part-based mechanism (the supplement's Table 7: 40.15 GB at
+``N_R = 1`` against 15.69 GB at ``N_R = 16`` on GEMAP with ``N_M = 4``).  What
+still grows with the references, linearly: the normalised patches of one
+reference part during the search (``C p^2`` numbers per patch), and the
+unfolded patches of a whole reference in :func:`transfer_patches` (``C_v (p s)^2``
+per reference position, e.g. ``36 C_v`` at ``s = 2``) and in the similarity's
+gradient path (``C p^2`` per position), one reference at a time without
+autograd, every reference's kept for the backward pass with it.
 """
 
 from __future__ import annotations
