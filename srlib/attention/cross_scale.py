@@ -847,18 +847,16 @@ def cross_scale_attention(
     _check_choice("normalization", normalization, NORMALIZATIONS)
     _check_choice("implementation", implementation, IMPLEMENTATIONS)
     chunk_size = _check_chunk_size(chunk_size)
-    if implementation == "auto":
-        _check_triplet(query, key, value)  # before the shapes are read
-        implementation = cross_scale_implementation(
-            query.shape[0], query.shape[-2], query.shape[-1], positive_int("scale", scale),
-            query.dtype, query.device, max_attention_bytes, chunk_size,
-        )
     what = f"cross-scale attention (patch {patch_size}, {implementation})"
     scale, softmax_scale = _check_cross_scale_inputs(
         what, query, key, value, scale, softmax_scale, pad_mode, max_attention_bytes,
-        guard_full_map=implementation == "conv",
+        guard_full_map=implementation == "conv",  # "auto" takes "conv" only where its whole map fits
     )
     height, width = query.shape[-2:]
+    if implementation == "auto":
+        implementation = cross_scale_implementation(
+            query.shape[0], height, width, scale, query.dtype, query.device, max_attention_bytes, chunk_size
+        )
     query = pad_to_multiple(query, scale, pad_mode)  # (N, C', Hp, Wp), Hp = s*h
     value = pad_to_multiple(value, scale, pad_mode)  # (N, C, Hp, Wp)
     padded_h, padded_w = query.shape[-2:]
